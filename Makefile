@@ -1,0 +1,28 @@
+# Every target creates the environment it needs (.venv) on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch/torchvision pinned to the builds this project is tested with; basicsr 1.4.2 is an
+# sdist whose build imports torch, hence torch first and --no-build-isolation.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test lint demo bench-smoke clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip "setuptools>=64" wheel
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q --no-build-isolation -e ".[all,test]"
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/bsr demo
+
+clean:
+	rm -rf $(VENV) experiments results tb_logger

@@ -1,0 +1,135 @@
+"""Binarizers: the sign function and its gradient estimators, and the weight scale.
+
+Every binarizer here states its forward and its gradient (the larq convention). The sign
+never returns 0: ``sign(x) = +1 for x >= 0, -1 otherwise`` (``torch.sign`` returns 0 at 0,
+which would make a "binary" tensor ternary).
+
+Activation binarizers (choose with ``act_grad``):
+
+* ``approxsign`` (Bi-Real Net, Liu et al. ECCV 2018), the default.
+  Forward ``sign(x)``. Gradient ``g * (2 - 2|x|)`` for ``|x| < 1``, else 0.
+* ``ste`` (straight-through estimator, Hubara et al. 2016).
+  Forward ``sign(x)``. Gradient ``g`` for ``|x| <= 1``, else 0.
+* ``identity``.
+  Forward ``sign(x)``. Gradient ``g`` everywhere.
+
+Weight binarizer: forward ``alpha * sign(w)`` with ``alpha`` one value per output channel.
+Gradient to ``w``: ``alpha * g`` (identity through the sign), zeroed where ``|w| > clip``
+(outside the prior's support), where ``clip`` is the prior's half-width ``a`` or ``None``
+(no mask). Gradient to ``alpha`` (when it is a learned parameter): ``sum(g * sign(w))`` over
+the channel, the ordinary product rule.
+
+Weight scales (choose with ``scale``):
+
+* ``learned``: a parameter per output channel, initialised from the mean ``|w|`` of the float
+  weights the layer replaces.
+* ``mean_abs``: ``mean |w|`` of the latent weight per output channel, without gradient.
+* ``none``: ``alpha = 1``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+ACT_GRADS = ("approxsign", "ste", "identity")
+SCALES = ("learned", "mean_abs", "none")
+
+
+def sign(x: Tensor) -> Tensor:
+    """Forward: +1 where ``x >= 0``, -1 elsewhere (never 0). No gradient (piecewise constant)."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def _act_surrogate_grad(x: Tensor, kind: str) -> Tensor:
+    if kind == "approxsign":
+        return (2.0 - 2.0 * x.abs()).clamp_(min=0.0)
+    if kind == "ste":
+        return (x.abs() <= 1.0).to(x.dtype)
+    return torch.ones_like(x)
+
+
+class _SignAct(torch.autograd.Function):
+    """Forward ``sign(x)``; backward ``g * surrogate'(x)`` (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kind: str) -> Tensor:  # type: ignore[override]
+        ctx.kind = kind
+        if kind != "identity":
+            ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        if ctx.kind == "identity":
+            return g, None
+        (x,) = ctx.saved_tensors
+        return g * _act_surrogate_grad(x, ctx.kind), None
+
+
+def binarize_activation(x: Tensor, act_grad: str = "approxsign") -> Tensor:
+    """Binarize activations to exactly +-1.
+
+    Forward: ``sign(x)`` (+1 at 0). Gradient: ``approxsign`` -> ``g * (2 - 2|x|)`` on
+    ``|x| < 1`` else 0; ``ste`` -> ``g`` on ``|x| <= 1`` else 0; ``identity`` -> ``g``.
+    Without autograd (inference, export) this is the plain ``sign`` with no saved tensors.
+    """
+    if act_grad not in ACT_GRADS:
+        raise ValueError(f"unknown act_grad {act_grad!r}; choose one of {ACT_GRADS}")
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return sign(x)
+    return _SignAct.apply(x, act_grad)
+
+
+class _SignWeight(torch.autograd.Function):
+    """Forward ``sign(w)``; backward ``g`` where ``|w| <= clip`` else 0 (``clip=None``: ``g``)."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, clip: Optional[float]) -> Tensor:  # type: ignore[override]
+        ctx.clip = clip
+        if clip is not None:
+            ctx.save_for_backward(w)
+        return sign(w)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        if ctx.clip is None:
+            return g, None
+        (w,) = ctx.saved_tensors
+        return g * (w.abs() <= ctx.clip).to(g.dtype), None
+
+
+def weight_scale(weight: Tensor, scale: str, learned: Optional[Tensor]) -> Optional[Tensor]:
+    """The per-output-channel scale ``alpha``, shaped to broadcast over ``weight``.
+
+    ``learned``: the given parameter (gradient flows). ``mean_abs``: mean ``|w|`` per output
+    channel, detached. ``none``: ``None`` (alpha = 1).
+    """
+    view = (-1,) + (1,) * (weight.dim() - 1)
+    if scale == "learned":
+        if learned is None:
+            raise ValueError("scale='learned' needs the learned scale parameter")
+        return learned.view(view)
+    if scale == "mean_abs":
+        return weight.detach().abs().flatten(1).mean(1).view(view)
+    if scale == "none":
+        return None
+    raise ValueError(f"unknown scale {scale!r}; choose one of {SCALES}")
+
+
+def binarize_weight(
+    weight: Tensor, scale: str = "learned", learned: Optional[Tensor] = None, clip: Optional[float] = None
+) -> Tensor:
+    """Binarize a weight to ``+-alpha`` per output channel.
+
+    Forward: ``alpha * sign(w)``. Gradient to ``w``: ``alpha * g`` where ``|w| <= clip``, 0
+    elsewhere (``clip=None``: everywhere). Gradient to a learned ``alpha``: ``sum(g * sign(w))``.
+    """
+    if torch.is_grad_enabled() and weight.requires_grad:
+        b = _SignWeight.apply(weight, clip)
+    else:
+        b = sign(weight)
+    alpha = weight_scale(weight, scale, learned)
+    return b if alpha is None else b * alpha

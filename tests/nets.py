@@ -1,0 +1,28 @@
+"""Tiny networks shared by the tests."""
+
+from __future__ import annotations
+
+
+def basicsr_archs():
+    """Constructors of BasicSR's CPU-capable SR networks, built small."""
+    from bsr_plugin.basicsr_ext.compat import import_basicsr
+
+    import_basicsr()
+    from basicsr.archs.ecbsr_arch import ECBSR
+    from basicsr.archs.edsr_arch import EDSR
+    from basicsr.archs.rcan_arch import RCAN
+    from basicsr.archs.rrdbnet_arch import RRDBNet
+    from basicsr.archs.srresnet_arch import MSRResNet
+    from basicsr.archs.srvgg_arch import SRVGGNetCompact
+    from basicsr.archs.swinir_arch import SwinIR
+
+    return {
+        "EDSR": lambda: EDSR(3, 3, num_feat=16, num_block=2, upscale=2),
+        "MSRResNet": lambda: MSRResNet(3, 3, num_feat=16, num_block=2, upscale=4),
+        "RCAN": lambda: RCAN(3, 3, num_feat=16, num_group=2, num_block=2, squeeze_factor=4, upscale=2),
+        "RRDBNet": lambda: RRDBNet(3, 3, scale=4, num_feat=16, num_block=1, num_grow_ch=8),
+        "SRVGGNetCompact": lambda: SRVGGNetCompact(3, 3, num_feat=16, num_conv=4, upscale=4),
+        "SwinIR": lambda: SwinIR(upscale=2, img_size=16, window_size=4, embed_dim=12, depths=[2], num_heads=[2],
+                                 mlp_ratio=2, upsampler="pixelshuffle"),
+        "ECBSR": lambda: ECBSR(3, 3, num_block=2, num_channel=8, with_idt=False, act_type="prelu", scale=2),
+    }
