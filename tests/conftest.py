@@ -18,3 +18,11 @@ DATASETS = Path(os.environ.get("BSR_DATASETS", REPO.parent / "shared" / "dataset
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> Path:
+    """The shared benchmark/training images (``$BSR_DATASETS``, default ../shared/datasets)."""
+    if not (DATASETS / "Set5" / "HR").is_dir():
+        pytest.skip(f"datasets not found at {DATASETS}: set BSR_DATASETS to the shared datasets folder")
+    return DATASETS

@@ -1,0 +1,143 @@
+"""``BinarySRModel``: BasicSR's ``SRModel`` plus what binarized training needs.
+
+Options under ``train:`` besides SRModel's:
+
+* ``prior_opt``: a loss on the latent weights (type ``UniformPriorLoss``), optional.
+* ``project_prior`` (default true): clamp every prior-constrained weight into ``[-a, a]``
+  after each optimizer step (maximum a posteriori under the uniform prior).
+* ``binarize_schedule: {act_from_iter: 0, weight_from_iter: 0}``: staged binarization,
+  activations binary from iteration ``act_from_iter`` on, weights from ``weight_from_iter``.
+* ``pixel_opt`` of type ``CurriculumL1Loss`` gets its progress (iteration / total_iter).
+
+Every ``logger.print_freq`` iterations it logs the mean flip ratio of the weight signs since the
+last reading (``flip_ratio``), the curriculum's quantile (``curriculum_q``) and, in one line,
+the flip ratio of every layer. Learned weight scales get no weight decay.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..prior import binary_layers, flip_ratios, project_to_prior_, scale_parameters, set_binarization
+from .compat import import_basicsr
+
+import_basicsr()
+from basicsr.losses import build_loss  # noqa: E402
+from basicsr.models.sr_model import SRModel  # noqa: E402
+from basicsr.utils import get_root_logger  # noqa: E402
+
+SCHEDULE_KEYS = ("act_from_iter", "weight_from_iter")
+
+
+class BinarySRModel(SRModel):
+    """SRModel for binarized networks (prior projection, curriculum, staged binarization)."""
+
+    def __init__(self, opt: dict[str, Any]) -> None:
+        super().__init__(opt)
+        if not any(True for _ in binary_layers(self.get_bare_model(self.net_g))):
+            raise ValueError(f"BinarySRModel needs a binarized network_g, but {opt['network_g'].get('type')!r} has no "
+                             "binarized layer; use type BinarizedArch (with arch: {type: ...}), EDSRBin or "
+                             "MSRResNetBin, or model_type SRModel for a float network")
+
+    # -- set-up ---------------------------------------------------------------------------
+    def init_training_settings(self) -> None:
+        train_opt = self.opt["train"]
+        self.project_prior = bool(train_opt.get("project_prior", True))
+        schedule = dict(train_opt.get("binarize_schedule") or {})
+        unknown = set(schedule) - set(SCHEDULE_KEYS)
+        if unknown:
+            raise ValueError(f"train.binarize_schedule: unknown keys {sorted(unknown)}; known: {SCHEDULE_KEYS}")
+        self.act_from = int(schedule.get("act_from_iter", 0))
+        self.weight_from = int(schedule.get("weight_from_iter", 0))
+        total = int(train_opt["total_iter"])
+        for key, value in (("act_from_iter", self.act_from), ("weight_from_iter", self.weight_from)):
+            if not 0 <= value <= total:
+                raise ValueError(f"train.binarize_schedule.{key} = {value} lies outside [0, total_iter={total}]")
+        self.total_iter = total
+        self.cri_prior = build_loss(train_opt["prior_opt"]).to(self.device) if train_opt.get("prior_opt") else None
+        super().init_training_settings()
+
+    def setup_optimizers(self) -> None:
+        """Adam (BasicSR's only optimizer) with the learned scales in a group without weight decay."""
+        train_opt = self.opt["train"]
+        net = self.get_bare_model(self.net_g)
+        scales = {id(p) for p in scale_parameters(net)}
+        logger = get_root_logger()
+        groups: list[list[nn.Parameter]] = [[], []]
+        for name, p in net.named_parameters():
+            if not p.requires_grad:
+                logger.warning(f"Params {name} will not be optimized.")
+                continue
+            groups[id(p) in scales].append(p)
+        optim_opt = dict(train_opt["optim_g"])
+        optim_type = optim_opt.pop("type")
+        param_groups = [{"params": groups[0]}]
+        if groups[1]:
+            param_groups.append({"params": groups[1], "weight_decay": 0.0})
+        self.optimizer_g = self.get_optimizer(optim_type, param_groups, **optim_opt)
+        self.optimizers.append(self.optimizer_g)
+
+    # -- one step ---------------------------------------------------------------------------
+    def _apply_schedule(self, current_iter: int) -> None:
+        act, weight = current_iter >= self.act_from, current_iter >= self.weight_from
+        for net in (self.get_bare_model(self.net_g), getattr(self, "net_g_ema", None)):
+            if net is not None:
+                set_binarization(net, act=act, weight=weight)
+
+    def optimize_parameters(self, current_iter: int) -> None:
+        self._apply_schedule(current_iter)
+        if hasattr(self.cri_pix, "set_progress"):
+            self.cri_pix.set_progress(current_iter / self.total_iter)
+        self.optimizer_g.zero_grad()
+        self.output = self.net_g(self.lq)
+
+        loss_dict = {}
+        l_total = 0
+        if self.cri_pix:
+            loss_dict["l_pix"] = self.cri_pix(self.output, self.gt)
+            l_total = l_total + loss_dict["l_pix"]
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            for key, value in (("l_percep", l_percep), ("l_style", l_style)):
+                if value is not None:
+                    loss_dict[key] = value
+                    l_total = l_total + value
+        if self.cri_prior:
+            loss_dict["l_prior"] = self.cri_prior(self.get_bare_model(self.net_g))
+            l_total = l_total + loss_dict["l_prior"]
+        l_total.backward()
+        self.optimizer_g.step()
+        if self.project_prior:
+            project_to_prior_(self.get_bare_model(self.net_g))
+
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if current_iter % self.opt["logger"]["print_freq"] == 0:
+            self._log_binary_state()
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    def test(self) -> None:
+        """SRModel's test on the bare network: in a distributed run only rank 0 validates, and a
+        DistributedDataParallel forward would broadcast buffers (``sign_ref``) to ranks that are
+        not listening."""
+        net = self.net_g_ema if hasattr(self, "net_g_ema") else self.get_bare_model(self.net_g)
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            self.output = net(self.lq)
+        net.train(was_training)
+
+    @torch.no_grad()
+    def _log_binary_state(self) -> None:
+        flips = flip_ratios(self.get_bare_model(self.net_g))
+        if flips:
+            self.log_dict["flip_ratio"] = sum(flips.values()) / len(flips)
+            get_root_logger().info("flip ratio per layer: " + ", ".join(f"{k}={v:.2e}" for k, v in flips.items()))
+        if hasattr(self.cri_pix, "quantile"):
+            self.log_dict["curriculum_q"] = self.cri_pix.quantile()
+
+
+MODELS = (BinarySRModel,)

@@ -1,0 +1,136 @@
+"""BinarySRModel and the registry entries, in process (no subprocess, tiny networks)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import bsr_plugin.basicsr_ext  # noqa: F401  (registers)
+from bsr_plugin import is_binary
+from bsr_plugin.basicsr_ext import register
+
+
+def _opt(tmp_path, **train):
+    train_opt = {"ema_decay": 0, "optim_g": {"type": "Adam", "lr": 1e-3, "weight_decay": 0, "betas": [0.9, 0.99]},
+                 "scheduler": {"type": "MultiStepLR", "milestones": [100], "gamma": 0.5}, "total_iter": 10,
+                 "warmup_iter": -1, "pixel_opt": {"type": "CurriculumL1Loss", "loss_weight": 1.0}}
+    train_opt.update(train)
+    return {"name": "unit", "model_type": "BinarySRModel", "scale": 2, "num_gpu": 0, "dist": False, "rank": 0,
+            "world_size": 1, "is_train": True, "manual_seed": 0,
+            "network_g": {"type": "EDSRBin", "num_feat": 8, "num_block": 2, "upscale": 2,
+                          "binarize": {"prior_a": 1e-2}},
+            "path": {"pretrain_network_g": None, "strict_load_g": True, "models": str(tmp_path)},
+            "train": train_opt, "logger": {"print_freq": 1}}
+
+
+def _model(opt):
+    from basicsr.models import build_model
+
+    return build_model(opt)
+
+
+def _step(model, it):
+    model.feed_data({"lq": torch.rand(2, 3, 8, 8), "gt": torch.rand(2, 3, 16, 16)})
+    model.optimize_parameters(it)
+
+
+def test_registration_is_idempotent():
+    from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
+
+    register()
+    register()
+    for reg, name in ((ARCH_REGISTRY, "BinarizedArch"), (ARCH_REGISTRY, "EDSRBin"), (ARCH_REGISTRY, "MSRResNetBin"),
+                      (LOSS_REGISTRY, "UniformPriorLoss"), (LOSS_REGISTRY, "CurriculumL1Loss"),
+                      (MODEL_REGISTRY, "BinarySRModel"), (DATASET_REGISTRY, "BicubicPairDataset")):
+        assert name in reg
+
+
+def test_ema_network_is_binarized_and_projected(tmp_path):
+    model = _model(_opt(tmp_path, ema_decay=0.9, prior_opt={"type": "UniformPriorLoss", "loss_weight": 1.0}))
+    assert any(is_binary(m) for m in model.net_g_ema.modules())
+    for it in range(1, 4):
+        _step(model, it)
+    for net in (model.net_g, model.net_g_ema):
+        for m in net.modules():
+            if is_binary(m):
+                assert m.weight.abs().max() <= m.prior_a
+    assert {"l_pix", "l_prior", "flip_ratio", "curriculum_q"} <= set(model.log_dict)
+    assert 0 <= model.log_dict["flip_ratio"] <= 1
+
+
+def test_float_basicsr_checkpoint_initialises_binarized_edsr(tmp_path):
+    from basicsr.archs.edsr_arch import EDSR
+
+    float_net = EDSR(3, 3, num_feat=8, num_block=2, upscale=2)
+    path = tmp_path / "float_edsr.pth"
+    torch.save({"params": float_net.state_dict()}, path)  # BasicSR's save_network format
+    opt = _opt(tmp_path, ema_decay=0.9)
+    opt["path"]["pretrain_network_g"] = str(path)
+    model = _model(opt)
+    for net in (model.net_g, model.net_g_ema):
+        for name, mod in float_net.named_modules():
+            if isinstance(mod, nn.Conv2d):
+                new = net.get_submodule(name)
+                if is_binary(new):
+                    assert torch.equal(new.weight >= 0, mod.weight >= 0)
+                    torch.testing.assert_close(new.scale, mod.weight.abs().flatten(1).mean(1))
+                else:
+                    assert torch.equal(new.weight, mod.weight)
+
+
+def test_staged_binarization(tmp_path):
+    model = _model(_opt(tmp_path, binarize_schedule={"act_from_iter": 0, "weight_from_iter": 3}))
+    layers = [m for m in model.net_g.modules() if is_binary(m)]
+    _step(model, 1)
+    assert all(m.binarize_act and not m.binarize_weight for m in layers)
+    _step(model, 3)
+    assert all(m.binarize_act and m.binarize_weight for m in layers)
+    with pytest.raises(ValueError, match="weight_from_iter = 50 lies outside"):
+        _model(_opt(tmp_path, binarize_schedule={"weight_from_iter": 50}))
+    with pytest.raises(ValueError, match="unknown keys"):
+        _model(_opt(tmp_path, binarize_schedule={"weights_from": 5}))
+
+
+def test_scales_out_of_weight_decay(tmp_path):
+    opt = _opt(tmp_path)
+    opt["train"]["optim_g"]["weight_decay"] = 1e-4
+    model = _model(opt)
+    groups = model.optimizer_g.param_groups
+    scales = {id(m.scale) for m in model.net_g.modules() if is_binary(m)}
+    assert groups[0]["weight_decay"] == 1e-4 and not scales & {id(p) for p in groups[0]["params"]}
+    assert groups[1]["weight_decay"] == 0.0 and {id(p) for p in groups[1]["params"]} == scales
+
+
+def test_float_network_refused(tmp_path):
+    opt = _opt(tmp_path)
+    opt["network_g"] = {"type": "EDSR", "num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 1, "upscale": 2}
+    with pytest.raises(ValueError, match="BinarySRModel needs a binarized network_g"):
+        _model(opt)
+
+
+def test_binarized_arch_wraps_any_registered_arch():
+    from basicsr.archs import build_network
+
+    net = build_network({"type": "BinarizedArch", "arch": {"type": "RCAN", "num_in_ch": 3, "num_out_ch": 3,
+                                                           "num_feat": 8, "num_group": 1, "num_block": 1,
+                                                           "squeeze_factor": 4, "upscale": 2},
+                         "binarize": {"prior_a": 1e-3}})
+    assert net.bsr_report.binarized and all(m.prior_a == 1e-3 for m in net.modules() if is_binary(m))
+    assert net.bsr_arch["type"] == "RCAN"
+
+
+def test_losses_follow_basicsr_contract():
+    from basicsr.losses import build_loss
+
+    prior = build_loss({"type": "UniformPriorLoss", "loss_weight": 2.0, "reduction": "sum"})
+    curr = build_loss({"type": "CurriculumL1Loss", "loss_weight": 0.5, "q0": 0.5})
+    curr.set_progress(1.0)
+    a, b = torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4)
+    assert torch.equal(curr(a, b), 0.5 * nn.functional.l1_loss(a, b))
+    with pytest.raises(ValueError, match="reduction"):
+        build_loss({"type": "CurriculumL1Loss", "reduction": "none"})
+    with pytest.raises(ValueError, match="reduction"):
+        build_loss({"type": "UniformPriorLoss", "reduction": "none"})
+    net = nn.Sequential(nn.Conv2d(3, 3, 3))
+    assert prior(net).item() == 0.0
