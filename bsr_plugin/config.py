@@ -11,11 +11,11 @@ matches a layer decides it (as in ``.gitignore``)::
       - keep: "upsampler?"           # and the upsampler convs stay full precision
 
 A pattern is a glob on the module's qualified name (``body.*.conv1``), ``re:<regex>``
-(full match), ``type:<ClassName>`` (the class or one of its bases), or a keyword: ``first``,
-``last`` (first and last conv/linear to run), ``upsampler`` (convs that feed a PixelShuffle or
-follow an interpolation). A pattern matches a layer if it matches the layer or one of its
-parent modules. A rule that matches nothing is an error naming it, unless the pattern ends in
-``?`` (optional).
+(full match), ``type:<ClassName>`` (the class or one of its bases), or a keyword: ``first``
+(every conv/linear that reads the network input directly: the stem), ``last`` (the last
+conv/linear to run), ``upsampler`` (convs that feed a PixelShuffle or follow an
+interpolation). A pattern matches a layer if it matches the layer or one of its parent modules.
+A rule that matches nothing is an error naming it, unless the pattern ends in ``?`` (optional).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from .dataflow import WEIGHT_LAYERS, DataflowGraph, default_probe, record_datafl
 from .layers import BinaryConv2d, BinaryLinear, conv_keeps_size, is_binary, shortcut_for
 from .structure import (
     functional_weight_ops,
+    input_layers,
     nested_skip_cuts,
     nonnegative_feeders,
     ordered_layers,
@@ -214,7 +215,8 @@ def _plan(model: nn.Module, config: BinarizeConfig, layers: list[str], graph: Da
           report: ConversionReport) -> dict[int, nn.Module]:
     """Decide every layer, fill ``report``, and return the module replacements by identity."""
     ran = ordered_layers(graph, layers)
-    keywords = {"first": set(ran[:1]), "last": set(ran[-1:]), "upsampler": upsampler_layers(graph, layers)}
+    keywords = {"first": input_layers(graph, layers) or set(ran[:1]), "last": set(ran[-1:]),
+                "upsampler": upsampler_layers(graph, layers)}
     decisions = _decide(model, config, layers, keywords)
     modules = dict(model.named_modules())
     chosen = [n for n in layers if decisions[n][0] and not is_binary(modules[n])]

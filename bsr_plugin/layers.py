@@ -153,6 +153,14 @@ class BinaryLayerMixin:
         self.weight.copy_(fw)
         self.sign_ref.copy_(pack_signs(self.weight))
 
+    def init_weights(self) -> None:
+        """Keep the initialisation made at construction (or taken over from float weights).
+
+        MMCV's ``ConvModule`` and mmengine's ``BaseModule.init_weights`` call a layer's own
+        ``init_weights`` instead of overwriting its weight with ``kaiming_init``, which would put
+        the latent weight outside the prior and leave ``scale`` and ``sign_ref`` stale.
+        """
+
     def binary_weight(self) -> Tensor:
         """``alpha * sign(w)``, the weight the layer computes with (gradient: see binarizers)."""
         return binarize_weight(self.weight, self.scale_mode, self.scale, self.prior_a)

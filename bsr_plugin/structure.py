@@ -37,6 +37,28 @@ def ordered_layers(graph: DataflowGraph, layer_names: Iterable[str]) -> list[str
     return [n for n in graph.executed_modules() if n in wanted]
 
 
+def input_layers(graph: DataflowGraph, layer_names: Iterable[str]) -> set[str]:
+    """Layers that read the network input with no conv/linear in between (the stem; several
+    for parallel stems such as RepVGG's)."""
+    wanted = set(layer_names)
+    found: set[str] = set()
+    nodes = graph.nodes
+    stack = [n.idx for n in nodes if n.kind == "input"]
+    seen = set(stack)
+    while stack:
+        for j in nodes[stack.pop()].users:
+            u = nodes[j]
+            if u.kind == "module" and isinstance(u.module, WEIGHT_LAYERS):
+                if u.target in wanted:
+                    found.add(u.target)
+            elif u.kind == "op" and u.target in FUNCTIONAL_WEIGHT_OPS:
+                continue
+            elif j not in seen:
+                seen.add(j)
+                stack.append(j)
+    return found
+
+
 def upsampler_layers(graph: DataflowGraph, layer_names: Iterable[str]) -> set[str]:
     """Layers whose output reaches a pixel shuffle, or whose input comes from an
     interpolation, through activations and reshapes only."""
@@ -65,8 +87,19 @@ def upsampler_layers(graph: DataflowGraph, layer_names: Iterable[str]) -> set[st
     return found
 
 
+# Ops whose output is >= 0 wherever their input is: rearrangements, max / average pooling and
+# means (a ReLU before a max-pool, or before an SE block's global mean, still feeds a constant
+# +1 sign to the binarized layer after it).
+SIGN_PRESERVING_OPS = SHAPE_OPS | frozenset({
+    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+    "adaptive_max_pool3d", "pixel_shuffle", "pixel_unshuffle", "mean",
+})
+
+
 def nonnegative_feeders(graph: DataflowGraph, layer: str) -> list[Node]:
-    """Nodes whose output (>= 0 everywhere) reaches ``layer``'s input through reshapes only."""
+    """Nodes whose output (>= 0 everywhere) reaches ``layer``'s input through reshapes, pooling,
+    means and ``nn.Identity`` modules only."""
     nodes = graph.nodes
     found: list[Node] = []
     for node in graph.module_nodes(layer):
@@ -75,16 +108,21 @@ def nonnegative_feeders(graph: DataflowGraph, layer: str) -> list[Node]:
             p = nodes[stack.pop()]
             if p.kind == "module" and isinstance(p.module, NONNEGATIVE_MODULES):
                 found.append(p)
+            elif p.kind == "module" and isinstance(p.module, nn.Identity):
+                stack.extend(p.inputs[:1])
             elif p.kind == "op" and p.target in NONNEGATIVE_OPS:
                 found.append(p)
-            elif p.kind == "op" and p.target in SHAPE_OPS:
+            elif p.kind == "op" and p.target in SIGN_PRESERVING_OPS:
                 stack.extend(p.inputs[:1])
     return found
 
 
+FUNCTIONAL_WEIGHT_OPS = frozenset({"conv1d", "conv2d", "conv3d", "linear"})
+
+
 def functional_weight_ops(graph: DataflowGraph) -> list[Node]:
     """conv/linear calls made outside any Conv2d/Linear module (they stay full precision)."""
-    return [n for n in graph.nodes if n.kind == "op" and n.target in ("conv2d", "linear", "conv1d", "conv3d")]
+    return [n for n in graph.nodes if n.kind == "op" and n.target in FUNCTIONAL_WEIGHT_OPS]
 
 
 def _min_vertex_cut(path: set[int], edges: dict[int, list[int]], src: int, dst: int, cuttable: set[int],

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+
+from bsr_plugin import check_binary, is_binary
+
 
 def basicsr_archs():
     """Constructors of BasicSR's CPU-capable SR networks, built small."""
@@ -26,3 +30,23 @@ def basicsr_archs():
                                  mlp_ratio=2, upsampler="pixelshuffle"),
         "ECBSR": lambda: ECBSR(3, 3, num_block=2, num_channel=8, with_idt=False, act_type="prelu", scale=2),
     }
+
+
+def assert_converted_network_works(float_net, net, x, kept):
+    """Shape, forward/backward, every parameter gets a gradient, hooks prove binary compute,
+    kept layers untouched."""
+    y_float = float_net(x)
+    net.train()
+    y = net(x)
+    assert y.shape == y_float.shape
+    y.abs().mean().backward()
+    missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient reached {missing}"
+    check = check_binary(net, x)
+    check.raise_if_failed()
+    assert check.layers, "nothing was binarized"
+    float_modules = dict(float_net.named_modules())
+    for name in kept:
+        mod = net.get_submodule(name)
+        assert type(mod) is type(float_modules[name]) and not is_binary(mod), name
+        assert torch.equal(mod.weight, float_modules[name].weight), name

@@ -11,29 +11,9 @@ from torch import nn
 import bsr_plugin
 from bsr_plugin import BinaryConv2d, ConfigError, check_binary, convert, is_binary
 
-from .nets import basicsr_archs
+from .nets import assert_converted_network_works, basicsr_archs
 
 ARCHS = basicsr_archs()
-
-
-def _assert_converted_network_works(float_net, net, x, kept):
-    """Shape, forward/backward, every parameter gets a gradient, hooks prove binary compute,
-    kept layers untouched."""
-    y_float = float_net(x)
-    net.train()
-    y = net(x)
-    assert y.shape == y_float.shape
-    y.abs().mean().backward()
-    missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, f"no gradient reached {missing}"
-    check = check_binary(net, x)
-    check.raise_if_failed()
-    assert check.layers, "nothing was binarized"
-    float_modules = dict(float_net.named_modules())
-    for name in kept:
-        mod = net.get_submodule(name)
-        assert type(mod) is type(float_modules[name]) and not is_binary(mod), name
-        assert torch.equal(mod.weight, float_modules[name].weight), name
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -44,7 +24,7 @@ def test_convert_basicsr_networks(arch):
     keep_rules = ("rule keep: first", "rule keep: last", "rule keep: upsampler?")
     kept = [d.name for d in report.layers if d.reason in keep_rules]
     assert report.layers[0].name in kept and report.layers[-1].name in kept  # first and last conv
-    _assert_converted_network_works(float_net, net, torch.rand(2, 3, 12, 12), kept)
+    assert_converted_network_works(float_net, net, torch.rand(2, 3, 12, 12), kept)
     # the float network is untouched
     assert not any(is_binary(m) for m in float_net.modules())
 
@@ -103,7 +83,7 @@ def test_timm_cnn():
     assert net.bsr_report.decision("conv1").reason == "rule keep: first"
     assert net.bsr_report.decision("fc").action == "kept"
     assert net.bsr_report.decision("layer4.1.conv2").action == "binarized"
-    _assert_converted_network_works(float_net, net, torch.randn(2, 3, 32, 32), ["conv1"])
+    assert_converted_network_works(float_net, net, torch.randn(2, 3, 32, 32), ["conv1"])
 
 
 def test_plain_sequential():
@@ -113,7 +93,7 @@ def test_plain_sequential():
     net = convert(float_net)
     assert net.bsr_report.binarized == ["2", "4"]
     assert net.bsr_report.decision("6").reason == "rule keep: upsampler?"  # last and upsampler: the later rule wins
-    _assert_converted_network_works(float_net, net, torch.randn(2, 3, 8, 8), ["0", "6"])
+    assert_converted_network_works(float_net, net, torch.randn(2, 3, 8, 8), ["0", "6"])
 
 
 def test_linear_layers_of_swinir_when_asked():
@@ -121,7 +101,7 @@ def test_linear_layers_of_swinir_when_asked():
     net = convert(float_net, rules=list(bsr_plugin.DEFAULT_RULES) + [("binarize", "type:Linear")])
     names = net.bsr_report.binarized
     assert any(n.endswith("attn.qkv") for n in names) and any(n.endswith("mlp.fc2") for n in names)
-    _assert_converted_network_works(float_net, net, torch.rand(1, 3, 8, 8), ["conv_first", "conv_last"])
+    assert_converted_network_works(float_net, net, torch.rand(1, 3, 8, 8), ["conv_first", "conv_last"])
 
 
 def test_convert_twice_never_double_wraps():
@@ -239,3 +219,23 @@ def test_deepcopy_of_converted_network():
     clone = copy.deepcopy(net)
     x = torch.rand(1, 3, 8, 8)
     assert torch.equal(net.eval()(x), clone.eval()(x))
+
+
+def test_parallel_stems_are_all_first():
+    """RepVGG-like stems: every conv that reads the image directly stays full precision."""
+
+    class TwoStems(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.b = nn.Conv2d(3, 8, 1)
+            self.body = nn.Conv2d(8, 8, 3, padding=1)
+            self.tail = nn.Conv2d(8, 3, 3, padding=1)
+
+        def forward(self, x):
+            h = self.a(x) + self.b(x)
+            return self.tail(self.body(h))
+
+    net = convert(TwoStems())
+    assert net.bsr_report.decision("a").reason == net.bsr_report.decision("b").reason == "rule keep: first"
+    assert net.bsr_report.binarized == ["body"]
