@@ -6,11 +6,11 @@ BIN := $(VENV)/bin
 # sdist whose build imports torch, hence torch first and --no-build-isolation.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test lint demo bench-smoke clean
+.PHONY: install test demo clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip "setuptools>=64" wheel
+	$(BIN)/pip install -q "setuptools>=64" wheel
 	$(BIN)/pip install -q $(TORCH_PINS)
 	$(BIN)/pip install -q --no-build-isolation -e ".[all,test]"
 	touch $@
@@ -22,7 +22,7 @@ test: install
 	$(BIN)/python -m pytest
 
 demo: install
-	$(BIN)/bsr demo
+	$(BIN)/bsr demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) experiments results tb_logger

@@ -39,16 +39,24 @@ SCALES = ("learned", "mean_abs", "none")
 
 
 def sign(x: Tensor) -> Tensor:
-    """Forward: +1 where ``x >= 0``, -1 elsewhere (never 0). No gradient (piecewise constant)."""
-    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    """Forward: +1 where ``x >= 0``, -1 elsewhere (never 0). No gradient (piecewise constant).
+
+    Computed as ``copysign(1, x + 0)`` (adding +0 turns -0 into +0), an order of magnitude
+    faster on CPU than ``torch.where(x >= 0, 1, -1)``; while tracing (ONNX export) it is
+    spelled ``where(x >= 0, 1, -1)``, which every ONNX runtime has. (NaN, which has no sign,
+    gives -1 there and +-1 here.)"""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    return torch.copysign(x.new_ones(()), x + 0.0)
 
 
-def _act_surrogate_grad(x: Tensor, kind: str) -> Tensor:
+def _act_grad_input(x: Tensor, g: Tensor, kind: str) -> Tensor:
+    """``g`` times the surrogate derivative at ``x`` (in place on one temporary)."""
     if kind == "approxsign":
-        return (2.0 - 2.0 * x.abs()).clamp_(min=0.0)
+        return x.abs().mul_(-2.0).add_(2.0).clamp_(min=0.0).mul_(g)
     if kind == "ste":
-        return (x.abs() <= 1.0).to(x.dtype)
-    return torch.ones_like(x)
+        return g * (x.abs() <= 1.0).to(g.dtype)
+    return g
 
 
 class _SignAct(torch.autograd.Function):
@@ -66,7 +74,7 @@ class _SignAct(torch.autograd.Function):
         if ctx.kind == "identity":
             return g, None
         (x,) = ctx.saved_tensors
-        return g * _act_surrogate_grad(x, ctx.kind), None
+        return _act_grad_input(x, g, ctx.kind), None
 
 
 def binarize_activation(x: Tensor, act_grad: str = "approxsign") -> Tensor:

@@ -44,11 +44,21 @@ class LayerDecision:
 
 @dataclass
 class ConversionReport:
-    """Every conv/linear layer converted or kept, with the reason, plus notes on the
-    network (replaced activations, cut shortcuts, parts that stay full precision)."""
+    """Every conv/linear layer converted or kept, with the reason; notes on what else was
+    changed (replaced activations); warnings on what may not be what the user wants (parts
+    that stay full precision, 1-bit inputs that are constant, layers bypassed in eval mode)."""
 
     layers: list[LayerDecision] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        logger.info("convert: %s", text)
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+        logger.warning("convert: %s", text)
 
     @property
     def binarized(self) -> list[str]:
@@ -65,7 +75,8 @@ class ConversionReport:
         raise KeyError(f"no conv/linear layer named {name!r} in this report")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": [vars(d).copy() for d in self.layers], "notes": list(self.notes)}
+        return {"layers": [vars(d).copy() for d in self.layers], "notes": list(self.notes),
+                "warnings": list(self.warnings)}
 
     def __str__(self) -> str:
         width = max([len(d.name) for d in self.layers] + [5])
@@ -73,6 +84,7 @@ class ConversionReport:
         for d in self.layers:
             lines.append(f"{d.name:<{width}}  {d.type:<14} {d.action:<14} {d.shortcut or '-':<9} {d.reason}")
         lines += [f"note: {n}" for n in self.notes]
+        lines += [f"warning: {n}" for n in self.warnings]
         return "\n".join(lines)
 
 
@@ -199,10 +211,9 @@ def convert(model: nn.Module, config: BinarizeConfig | Mapping[str, Any] | None 
     mapping = _plan(model, config, layers, graph, report)
     silent = [d.name for d in report.layers if d.action == "binarized" and d.name not in eval_ran]
     if silent:
-        report.notes.append(f"{len(silent)} binarized layers do not run in eval mode ({', '.join(silent[:3])}"
+        report.warn(f"{len(silent)} binarized layers do not run in eval mode ({', '.join(silent[:3])}"
                             f"{' ...' if len(silent) > 3 else ''}): the network computes with their weights another "
                             "way at inference (e.g. re-parameterization), so its eval output is not binary")
-        logger.warning("convert: %s", report.notes[-1])
     model = _swap(model, mapping)
     model.bsr_config = config
     model.bsr_report = report
@@ -240,7 +251,7 @@ def _plan(model: nn.Module, config: BinarizeConfig, layers: list[str], graph: Da
             report.layers.append(LayerDecision(name, tname, "kept", reason))
             continue
         if name not in ran:
-            report.notes.append(f"{name} did not run in the probe forward pass; its place in the network "
+            report.warn(f"{name} did not run in the probe forward pass; its place in the network "
                                 "(first/last/upsampler, skips) is unknown")
         policy = "none" if name in cuts else config.shortcut
         if id(mod) not in mapping:
@@ -249,18 +260,16 @@ def _plan(model: nn.Module, config: BinarizeConfig, layers: list[str], graph: Da
         why = reason + (f"; shortcut cut: {cuts[name]}" if name in cuts else "")
         report.layers.append(LayerDecision(name, tname, "binarized", why, new.shortcut))
         if type(mod) not in WEIGHT_LAYERS and type(mod).forward not in (nn.Conv2d.forward, nn.Linear.forward):
-            report.notes.append(f"{name} is a {tname} with its own forward; the binarized layer computes a plain "
+            report.warn(f"{name} is a {tname} with its own forward; the binarized layer computes a plain "
                                 f"{'conv' if isinstance(mod, nn.Conv2d) else 'linear'} op instead")
 
     if config.binarize_act:
         _apply_relu_policy(graph, config, chosen, mapping, report)
     scopes = list(dict.fromkeys(n.scope or "<root>" for n in functional_weight_ops(graph)))
     if scopes:
-        report.notes.append(f"{len(scopes)} modules compute with functional conv/linear calls that stay full precision "
+        report.warn(f"{len(scopes)} modules compute with functional conv/linear calls that stay full precision "
                             f"(only Conv2d/Linear modules are binarized): {', '.join(scopes[:4])}"
                             f"{' ...' if len(scopes) > 4 else ''}")
-    for note in report.notes:
-        logger.warning("convert: %s", note)
     return mapping
 
 
@@ -279,9 +288,9 @@ def _apply_relu_policy(graph: DataflowGraph, config: BinarizeConfig, chosen: lis
                 replaced.append(node.target)
             else:
                 what = node.target if node.kind == "module" else f"a functional {node.target} in '{node.scope}'"
-                report.notes.append(f"{what} feeds binarized {name} with values >= 0, so its 1-bit input is "
+                report.warn(f"{what} feeds binarized {name} with values >= 0, so its 1-bit input is "
                                     "constant +1; use a sign-preserving activation there")
     if replaced:
         new = f"LeakyReLU({config.leaky_slope})" if config.relu == "leaky" else "Identity"
-        report.notes.append(f"{len(replaced)} ReLUs feeding binarized layers replaced by {new} (relu: {config.relu}): "
+        report.note(f"{len(replaced)} ReLUs feeding binarized layers replaced by {new} (relu: {config.relu}): "
                             f"{', '.join(replaced[:4])}{' ...' if len(replaced) > 4 else ''}")

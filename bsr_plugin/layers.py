@@ -23,8 +23,10 @@ Activation and weight binarization switch independently (``binarize_act``,
 layer uses the real weight the latent weight stands for: ``alpha * w / mean|w|`` with a
 learned scale (at conversion this is exactly the float weight), else ``w``.
 
-State lives in ``state_dict``: ``weight``, ``bias``, ``scale`` (learned scales only) and
-``sign_ref``, the packed signs at the last flip-ratio reading. A state dict without
+State lives in ``state_dict``: ``weight``, ``bias``, ``scale`` (learned scales only),
+``sign_ref``, the packed signs at the last flip-ratio reading, and ``calibrated``, whether the
+learned scale has been calibrated to the layer's input magnitude
+(:func:`bsr_plugin.calibrate_scales_`). A state dict without
 ``sign_ref`` is a float layer's: loading it initialises the layer from those float weights
 (see :meth:`BinaryLayerMixin.init_from_float_`).
 """
@@ -44,6 +46,9 @@ from .packing import pack_signs, packed_size
 logger = logging.getLogger(__name__)
 
 SHORTCUTS = ("identity", "repeat", "mean", "none")
+# Buffers of a binarized layer that record training state, not the computation: a deployed
+# (packed) network does not store them.
+TRAINING_BUFFERS = ("sign_ref", "calibrated")
 _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
 
 
@@ -132,6 +137,7 @@ class BinaryLayerMixin:
         else:
             self.register_parameter("scale", None)
         self.register_buffer("sign_ref", torch.zeros(packed_size(w.numel()), dtype=torch.uint8, device=w.device))
+        self.register_buffer("calibrated", torch.zeros((), dtype=torch.uint8, device=w.device))
         self.init_from_float_(w.detach().clone())
 
     # -- weights ------------------------------------------------------------------------
@@ -152,6 +158,7 @@ class BinaryLayerMixin:
             fw = (fw * (self.prior_a / peak).view((-1,) + (1,) * (fw.dim() - 1))).clamp_(-self.prior_a, self.prior_a)
         self.weight.copy_(fw)
         self.sign_ref.copy_(pack_signs(self.weight))
+        self.calibrated.zero_()
 
     def init_weights(self) -> None:
         """Keep the initialisation made at construction (or taken over from float weights).
@@ -196,6 +203,7 @@ class BinaryLayerMixin:
                 self.init_from_float_(fw)
                 state_dict[wkey] = self.weight.detach().clone()
                 state_dict[prefix + "sign_ref"] = self.sign_ref.clone()
+                state_dict[prefix + "calibrated"] = self.calibrated.clone()
                 if self.scale is not None:
                     state_dict[prefix + "scale"] = self.scale.detach().clone()
                 logger.debug("%s: initialised from float weights", prefix.rstrip("."))
@@ -263,8 +271,8 @@ class BinaryConv2d(BinaryLayerMixin, nn.Conv2d):
             y = F.conv2d(xb, w, self.bias, self.stride, 0, self.dilation, self.groups)
         else:
             y = self._conv_forward(x, w, self.bias)
-        if self.shortcut != "none":
-            y = y + channel_shortcut(x, self.shortcut, self.in_channels, self.out_channels, dim=1)
+        if self.shortcut != "none":  # in place: the conv's output is not needed for its backward
+            y = y.add_(channel_shortcut(x, self.shortcut, self.in_channels, self.out_channels, dim=1))
         return y
 
     def extra_repr(self) -> str:
@@ -300,7 +308,7 @@ class BinaryLinear(BinaryLayerMixin, nn.Linear):
         xb = binarize_activation(x, self.act_grad) if self.binarize_act else x
         y = F.linear(xb, w, self.bias)
         if self.shortcut != "none":
-            y = y + channel_shortcut(x, self.shortcut, self.in_features, self.out_features, dim=-1)
+            y = y.add_(channel_shortcut(x, self.shortcut, self.in_features, self.out_features, dim=-1))
         return y
 
     def extra_repr(self) -> str:

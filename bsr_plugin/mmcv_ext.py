@@ -128,8 +128,7 @@ def convert(model: nn.Module, config: BinarizeConfig | Mapping[str, Any] | None 
         more = " ..." if len(changed) > 4 else ""
         note = (f"efficient_conv_bn_eval switched off in {len(changed)} ConvModules with binarized convs "
                 f"(it computes a float conv in eval mode): {', '.join(changed[:4])}{more}")
-        net.bsr_report.notes.append(note)
-        logger.warning("convert: %s", note)
+        net.bsr_report.note(note)
     return net
 
 

@@ -14,7 +14,7 @@ last reading: the quantity the prior exists to keep alive.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -105,6 +105,42 @@ class UniformPriorLoss(nn.Module):
 def flip_ratios(model: nn.Module, update: bool = True) -> dict[str, float]:
     """Per binarized layer, the fraction of weight signs changed since the last reading."""
     return {name: layer.flip_ratio(update=update) for name, layer in binary_layers(model)}
+
+
+@torch.no_grad()
+def calibrate_scales_(model: nn.Module, *inputs: Any, force: bool = False) -> list[str]:
+    """Fold each binarized layer's input magnitude into its learned weight scale, once.
+
+    A binarized layer sees ``sign(x)``, whatever the magnitude of ``x``: converted from a float
+    layer, its output is ``mean|x|`` times smaller than the float layer's (XNOR-Net's
+    activation scale). In a network whose features are large (EDSR scales images to 0..255)
+    the binary branches would start negligible next to the skips and stay so. This runs
+    ``model(*inputs)`` once on real data and, just before each layer runs, multiplies its
+    learned scale (if not yet calibrated) by ``mean|x|`` of its input, so the layers after it
+    see calibrated outputs; then marks it calibrated (the flag is in the state dict, so
+    resuming or loading a trained binary checkpoint does not calibrate again; loading float
+    weights resets it). Returns the names of the layers calibrated.
+    """
+    todo = {name: layer for name, layer in binary_layers(model)
+            if layer.scale is not None and (force or not bool(layer.calibrated))}
+    if not todo:
+        return []
+    done: list[str] = []
+    handles = []
+    for name, layer in todo.items():
+        def hook(mod: nn.Module, args: tuple, name: str = name) -> None:
+            if name not in done:  # before the layer runs: what follows sees calibrated outputs
+                mod.scale.mul_(args[0].detach().abs().mean())
+                mod.calibrated.fill_(1)
+                done.append(name)
+        handles.append(layer.register_forward_pre_hook(hook))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return done
 
 
 def set_binarization(model: nn.Module, act: Optional[bool] = None, weight: Optional[bool] = None) -> None:

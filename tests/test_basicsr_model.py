@@ -59,6 +59,19 @@ def test_ema_network_is_binarized_and_projected(tmp_path):
     assert 0 <= model.log_dict["flip_ratio"] <= 1
 
 
+def test_first_step_calibrates_scales_of_net_and_ema(tmp_path):
+    model = _model(_opt(tmp_path, ema_decay=0.9))
+    before = [m.scale.clone() for m in model.net_g.modules() if is_binary(m)]
+    _step(model, 1)
+    after = [m for m in model.net_g.modules() if is_binary(m)]
+    ema = [m for m in model.net_g_ema.modules() if is_binary(m)]
+    assert all(int(m.calibrated) == 1 for m in after + ema)
+    assert not any(torch.equal(b, m.scale) for b, m in zip(before, after))
+    model2 = _model(_opt(tmp_path, calibrate_scales=False))
+    _step(model2, 1)
+    assert all(int(m.calibrated) == 0 for m in model2.net_g.modules() if is_binary(m))
+
+
 def test_float_basicsr_checkpoint_initialises_binarized_edsr(tmp_path):
     from basicsr.archs.edsr_arch import EDSR
 

@@ -73,7 +73,7 @@ def test_relu_before_binarized_layer_is_replaced():
     kept = convert(EDSR(3, 3, num_feat=8, num_block=2, upscale=2), relu="keep")
     assert isinstance(kept.body[0].relu, nn.ReLU)
     assert "body.0.conv2" in check_binary(kept, torch.rand(1, 3, 8, 8)).constant_inputs
-    assert any("constant +1" in n for n in kept.bsr_report.notes)
+    assert any("constant +1" in n for n in kept.bsr_report.warnings)
 
 
 def test_timm_cnn():

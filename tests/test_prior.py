@@ -85,3 +85,32 @@ def test_uniform_weights_have_smaller_binarization_error():
         alpha = w.abs().mean()
         err = ((w - alpha * torch.where(w >= 0, 1.0, -1.0)) ** 2).mean() / (w ** 2).mean()
         assert math.isclose(err.item(), expected[name], abs_tol=5e-3), name
+
+
+def test_calibration_folds_input_magnitude_into_scale_once():
+    float_net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+                              nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 3, 3, padding=1))
+    net = bsr_plugin.convert(float_net)
+    x = torch.rand(2, 3, 8, 8) * 100
+    before = {n: m.scale.clone() for n, m in bsr_plugin.binary_layers(net)}
+    seen = {}
+
+    def record(mod, args, name):
+        seen.setdefault(name, args[0].abs().mean())
+
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: record(mod, a, n))
+             for n, m in bsr_plugin.binary_layers(net)]
+    assert bsr_plugin.calibrate_scales_(net, x) == ["1", "2"]
+    for h in hooks:
+        h.remove()
+    for n, m in bsr_plugin.binary_layers(net):
+        # each layer's input was recorded after the layers before it were calibrated
+        torch.testing.assert_close(m.scale, before[n] * seen[n])
+        assert int(m.calibrated) == 1
+    assert bsr_plugin.calibrate_scales_(net, x) == []  # once
+    net.load_state_dict(float_net.state_dict())  # float weights: calibrate again
+    assert all(int(m.calibrated) == 0 for _, m in bsr_plugin.binary_layers(net))
+    trained = bsr_plugin.convert(float_net)
+    bsr_plugin.calibrate_scales_(trained, x)
+    net.load_state_dict(trained.state_dict())  # a binary checkpoint keeps its calibration
+    assert bsr_plugin.calibrate_scales_(net, x) == []

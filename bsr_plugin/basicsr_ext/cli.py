@@ -3,7 +3,9 @@
 plugin registered, CPU fixes applied and the options checked before anything starts.
 
 BasicSR's flags pass through: ``--auto_resume``, ``--debug``, ``--force_yml k:k=v ...``,
-``--launcher none|pytorch|slurm``, ``--local_rank``. The current directory is the root:
+``--launcher none|pytorch|slurm``, ``--local_rank``. ``--plugin MODULE`` (repeatable, ours)
+imports a module first, so custom architectures, losses or models it registers can be named
+in the YAML (what BasicSR-based projects do in their own ``train.py``). The current directory is the root:
 ``experiments/<name>`` (training) and ``results/<name>`` (testing) are written under it.
 Multi-process: ``torchrun --nproc_per_node=N -m bsr_plugin.basicsr_ext.cli train -opt X.yml
 --launcher pytorch`` (NCCL on GPUs, gloo on CPU).
@@ -11,17 +13,31 @@ Multi-process: ``torchrun --nproc_per_node=N -m bsr_plugin.basicsr_ext.cli train
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 from typing import Any, Optional, Sequence
 
-USAGE = """usage: basicsr {train,test} -opt OPTIONS.yml [BasicSR flags]
+USAGE = """usage: basicsr {train,test} -opt OPTIONS.yml [--plugin MODULE ...] [BasicSR flags]
 
   train   run BasicSR's train_pipeline (flags: --auto_resume --debug --force_yml ... --launcher ...)
   test    run BasicSR's test_pipeline
+  --plugin MODULE   import MODULE first (it may register its own architectures, losses, models)
 
 Runs in the current directory (experiments/ and results/ are written there)."""
+
+
+def _pop_plugins(args: list[str]) -> list[str]:
+    """Remove ``--plugin MODULE`` pairs from ``args``; return the modules."""
+    plugins = []
+    while "--plugin" in args:
+        i = args.index("--plugin")
+        if i + 1 >= len(args):
+            raise ValueError("--plugin needs a module name")
+        plugins.append(args[i + 1])
+        del args[i:i + 2]
+    return plugins
 
 
 def parse_options(argv: Sequence[str], is_train: bool) -> dict[str, Any]:
@@ -85,6 +101,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     register()
     patch_runtime()
+    try:
+        for module in _pop_plugins(rest):
+            importlib.import_module(module)
+    except (ImportError, ValueError) as err:
+        print(f"basicsr {command}: --plugin: {err}", file=sys.stderr)
+        return 2
     is_train = command == "train"
     try:
         preflight(rest, is_train)

@@ -1,9 +1,10 @@
-"""A BasicSR dataset for HR-only image folders (T91, BSD200, DIV2K HR, photos): the LR input
-is made on the fly with MATLAB-style bicubic downsampling (``basicsr.utils.matlab_functions.
-imresize``, antialiased, as the benchmark LR files were made)."""
+"""A BasicSR dataset for HR-only image folders (T91, BSD200, photos): the LR input is made on
+the fly with MATLAB-style bicubic downsampling (``basicsr.utils.matlab_functions.imresize``,
+antialiased, as the benchmark LR files were made)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 import cv2
 import numpy as np
 from torch.utils import data
+
+logger = logging.getLogger(__name__)
 
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -26,15 +29,18 @@ def list_images(folder: str) -> list[str]:
 
 
 class BicubicPairDataset(data.Dataset):
-    """HR images from one or more folders; LR = bicubic downsampling by ``scale``.
+    """HR images from a folder; LR = bicubic downsampling of the whole HR image (cropped to a
+    multiple of ``scale``), exactly as benchmark LR files are made.
 
-    Train phase: a random ``gt_size`` crop (cut with a margin, downsampled, then trimmed, so
-    the LR patch equals the same region of the whole downsampled image away from its border),
-    flips and rotations. Val phase: the whole image, cropped to a multiple of ``scale``.
+    Train phase: a random ``gt_size`` HR crop at a position that is a multiple of ``scale`` and
+    the matching LR crop, then flips and rotations; images smaller than the crop are left out
+    (with a warning). Val phase: the whole pair.
 
-    Options (BasicSR dataset dict): ``dataroot_gt`` (a folder or a list of folders), ``scale``
-    (set by BasicSR), ``phase``, ``gt_size``, ``use_hflip``, ``use_rot``, ``cache`` (keep
-    decoded images in memory, default true), ``io_backend`` (``disk`` only).
+    Options (BasicSR dataset dict): ``dataroot_gt`` (a folder of HR images), ``scale`` (set by
+    BasicSR), ``phase``, ``gt_size``, ``use_hflip``, ``use_rot``, ``cache`` (default true: keep
+    every decoded HR image (uint8) and its LR in memory, so the bicubic runs once per image;
+    false recomputes it for every sample, which is slow for large images), ``io_backend``
+    (``disk`` only).
     """
 
     def __init__(self, opt: dict[str, Any]) -> None:
@@ -44,58 +50,69 @@ class BicubicPairDataset(data.Dataset):
         if backend != "disk":
             raise ValueError(f"BicubicPairDataset reads image folders from disk; io_backend {backend!r} "
                              "is not supported")
-        roots = opt["dataroot_gt"]
-        self.paths = [p for root in ([roots] if isinstance(roots, str) else roots) for p in list_images(root)]
+        self.paths = list_images(opt["dataroot_gt"])
         self.scale = int(opt["scale"])
         self.train = opt.get("phase", "train") == "train"
-        if self.train and int(opt.get("gt_size", 0)) % self.scale:
-            raise ValueError(f"gt_size {opt.get('gt_size')} is not a multiple of scale {self.scale}")
-        self._cache: dict[int, np.ndarray] = {}
+        if self.train:
+            gt = int(opt.get("gt_size", 0))
+            if gt <= 0 or gt % self.scale:
+                raise ValueError(f"gt_size {opt.get('gt_size')} must be a positive multiple of scale {self.scale}")
+            self.paths = self._large_enough(self.paths, gt)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @staticmethod
+    def _large_enough(paths: list[str], gt: int) -> list[str]:
+        """Drop (and say so) training images smaller than a ``gt`` x ``gt`` crop."""
+        from PIL import Image
+
+        keep = []
+        for p in paths:
+            with Image.open(p) as im:
+                if min(im.size) >= gt:
+                    keep.append(p)
+        if not keep:
+            raise ValueError(f"every image in {os.path.dirname(paths[0])!r} is smaller than gt_size {gt}")
+        if len(keep) < len(paths):
+            logger.warning("BicubicPairDataset: %d of %d images are smaller than gt_size %d and are not used",
+                           len(paths) - len(keep), len(paths), gt)
+        return keep
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _read(self, index: int) -> np.ndarray:
-        img = self._cache.get(index)
-        if img is None:
+    def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(HR uint8 cropped to a multiple of scale, LR float32 in [0, 1]), BGR."""
+        pair = self._cache.get(index)
+        if pair is None:
+            from basicsr.utils.matlab_functions import imresize
+
             img = cv2.imread(self.paths[index], cv2.IMREAD_COLOR)
             if img is None:
                 raise OSError(f"cannot read image {self.paths[index]!r}")
-            img = img.astype(np.float32) / 255.0
+            s = self.scale
+            h, w = img.shape[:2]
+            hr = np.ascontiguousarray(img[: h - h % s, : w - w % s])
+            lr = np.clip(imresize(hr.astype(np.float32) / 255.0, 1 / s), 0.0, 1.0).astype(np.float32)
+            pair = (hr, lr)
             if self.opt.get("cache", True):
-                self._cache[index] = img
-        return img
+                self._cache[index] = pair
+        return pair
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         from basicsr.data.transforms import augment
         from basicsr.utils import img2tensor
-        from basicsr.utils.matlab_functions import imresize
 
         s = self.scale
-        hr = self._read(index)
+        hr, lr = self._pair(index)
         if self.train:
             gt = int(self.opt["gt_size"])
-            margin = 2 * s  # the antialiased bicubic kernel reaches 2 LR pixels
             h, w = hr.shape[:2]
-            if h < gt or w < gt:
-                raise ValueError(f"image {self.paths[index]!r} ({w}x{h}) is smaller than gt_size {gt}")
-            # LR-aligned crop: origin and margin are multiples of the scale
-            top, left = s * random.randint(0, (h - gt) // s), s * random.randint(0, (w - gt) // s)
-            t0, l0 = max(top - margin, 0), max(left - margin, 0)
-            b0 = t0 + (min(top + gt + margin, h) - t0) // s * s
-            r0 = l0 + (min(left + gt + margin, w) - l0) // s * s
-            big = np.ascontiguousarray(hr[t0:b0, l0:r0])
-            lr_big = imresize(big, 1 / s)
-            lt, ll = (top - t0) // s, (left - l0) // s
-            img_lq = lr_big[lt:lt + gt // s, ll:ll + gt // s]
-            img_gt = hr[top:top + gt, left:left + gt]
-            img_gt, img_lq = augment([np.ascontiguousarray(img_gt), np.ascontiguousarray(img_lq)],
-                                     self.opt.get("use_hflip", True), self.opt.get("use_rot", True))
+            top, left = random.randint(0, (h - gt) // s), random.randint(0, (w - gt) // s)
+            img_gt = hr[top * s: top * s + gt, left * s: left * s + gt].astype(np.float32) / 255.0
+            img_lq = np.ascontiguousarray(lr[top: top + gt // s, left: left + gt // s])
+            img_gt, img_lq = augment([img_gt, img_lq], self.opt.get("use_hflip", True), self.opt.get("use_rot", True))
         else:
-            h, w = hr.shape[:2]
-            img_gt = np.ascontiguousarray(hr[: h - h % s, : w - w % s])
-            img_lq = imresize(img_gt, 1 / s)
-        img_lq = np.clip(img_lq, 0.0, 1.0).astype(np.float32)
+            img_gt, img_lq = hr.astype(np.float32) / 255.0, lr
         img_gt, img_lq = img2tensor([img_gt, img_lq], bgr2rgb=True, float32=True)
         path = self.paths[index]
         return {"lq": img_lq, "gt": img_gt, "lq_path": path, "gt_path": path}

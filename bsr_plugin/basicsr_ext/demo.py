@@ -146,7 +146,7 @@ def run(workdir: Path, iters: int, scale: int) -> DemoResult:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="bsr demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("bsr_demo"), help="where data and experiments go")
-    parser.add_argument("--iters", type=int, default=2000, help="training iterations (default 2000)")
+    parser.add_argument("--iters", type=int, default=600, help="training iterations (default 600)")
     parser.add_argument("--scale", type=int, default=2, choices=(2, 3, 4))
     args = parser.parse_args(argv)
     if args.iters < 1:

@@ -7,6 +7,9 @@ Options under ``train:`` besides SRModel's:
   after each optimizer step (maximum a posteriori under the uniform prior).
 * ``binarize_schedule: {act_from_iter: 0, weight_from_iter: 0}``: staged binarization,
   activations binary from iteration ``act_from_iter`` on, weights from ``weight_from_iter``.
+* ``calibrate_scales`` (default true): before the first step, fold each binarized layer's
+  input magnitude on the first batch into its learned scale (:func:`bsr_plugin.calibrate_scales_`;
+  skipped for layers already calibrated, e.g. when resuming or fine-tuning a binary checkpoint).
 * ``pixel_opt`` of type ``CurriculumL1Loss`` gets its progress (iteration / total_iter).
 
 Every ``logger.print_freq`` iterations it logs the mean flip ratio of the weight signs since the
@@ -21,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..prior import binary_layers, flip_ratios, project_to_prior_, scale_parameters, set_binarization
+from ..prior import binary_layers, calibrate_scales_, flip_ratios, project_to_prior_, scale_parameters, set_binarization
 from .compat import import_basicsr
 
 import_basicsr()
@@ -46,6 +49,7 @@ class BinarySRModel(SRModel):
     def init_training_settings(self) -> None:
         train_opt = self.opt["train"]
         self.project_prior = bool(train_opt.get("project_prior", True))
+        self.calibration_pending = bool(train_opt.get("calibrate_scales", True))
         schedule = dict(train_opt.get("binarize_schedule") or {})
         unknown = set(schedule) - set(SCHEDULE_KEYS)
         if unknown:
@@ -87,7 +91,31 @@ class BinarySRModel(SRModel):
             if net is not None:
                 set_binarization(net, act=act, weight=weight)
 
+    @torch.no_grad()
+    def _calibrate(self) -> None:
+        """Calibrate the learned scales on the first batch; all ranks end with the mean."""
+        net = self.get_bare_model(self.net_g)
+        names = calibrate_scales_(net, self.lq)
+        layers = [layer for _, layer in binary_layers(net) if layer.scale is not None]
+        if self.opt["dist"] and names:
+            import torch.distributed as dist
+
+            for layer in layers:
+                dist.all_reduce(layer.scale.data)
+                layer.scale.data.div_(self.opt["world_size"])
+        if hasattr(self, "net_g_ema"):
+            ema = dict(binary_layers(self.net_g_ema))
+            for name, layer in binary_layers(net):
+                if layer.scale is not None:
+                    ema[name].scale.copy_(layer.scale)
+                    ema[name].calibrated.copy_(layer.calibrated)
+        if names:
+            get_root_logger().info(f"calibrated the learned scales of {len(names)} binarized layers on the first batch")
+        self.calibration_pending = False
+
     def optimize_parameters(self, current_iter: int) -> None:
+        if self.calibration_pending:
+            self._calibrate()
         self._apply_schedule(current_iter)
         if hasattr(self.cri_pix, "set_progress"):
             self.cri_pix.set_progress(current_iter / self.total_iter)

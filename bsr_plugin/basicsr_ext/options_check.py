@@ -24,7 +24,7 @@ PATH_KEYS = {"pretrain_network_g", "param_key_g", "strict_load_g", "resume_state
              "param_key_d", "strict_load_d", "ignore_resume_networks", "experiments_root", "models",
              "training_states", "log", "visualization", "results_root"}
 SR_TRAIN_KEYS = {"ema_decay", "optim_g", "scheduler", "total_iter", "warmup_iter", "pixel_opt", "perceptual_opt"}
-BINARY_TRAIN_KEYS = {"prior_opt", "project_prior", "binarize_schedule"}
+BINARY_TRAIN_KEYS = {"prior_opt", "project_prior", "binarize_schedule", "calibrate_scales"}
 VAL_KEYS = {"val_freq", "save_img", "suffix", "pbar", "metrics"}
 LOGGER_KEYS = {"print_freq", "save_checkpoint_freq", "use_tb_logger", "wandb"}
 SCHEDULERS = ("MultiStepLR", "MultiStepRestartLR", "CosineAnnealingRestartLR")

@@ -1,0 +1,118 @@
+"""``export_onnx(model, path, sample)``: a binarized network as an ONNX graph that
+onnxruntime (or any ONNX runtime) runs, with the binary pattern kept visible.
+
+Every binarized layer becomes, in the graph::
+
+    x -> GreaterOrEqual(x, 0) -> Where(+1, -1)      # sign(x), +1 at 0
+      -> Pad(mode=constant, value=1)                 # +1 padding: the input stays strictly +-1
+      -> Conv(W)  (+ bias)                           # W = alpha * sign(w), an initializer
+      -> Add(shortcut(x))                            # the real identity shortcut, if any
+
+``W`` holds exactly ``+-alpha`` per output channel (computed once from the network, so the
+latent weights are not shipped), which lets a deployment tool recognise the
+pattern and replace it with an XNOR-popcount kernel on the packed signs. While tracing,
+:func:`bsr_plugin.sign` is spelled with these standard ops. Export uses the TorchScript
+exporter (``dynamo=False``: no onnxscript needed) in eval mode, with height and width (and
+batch) dynamic by default.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .layers import BinaryConv2d, BinaryLinear, is_binary
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+
+
+class _FrozenWeight:
+    """Export copy of a binarized layer: it computes with a stored ``alpha * sign(w)`` (an ONNX
+    initializer holding exactly +-alpha) instead of binarizing its latent weight."""
+
+    frozen_weight: Tensor
+
+    def effective_weight(self) -> Tensor:
+        return self.frozen_weight
+
+
+class _FrozenBinaryConv2d(_FrozenWeight, BinaryConv2d):
+    pass
+
+
+class _FrozenBinaryLinear(_FrozenWeight, BinaryLinear):
+    pass
+
+
+_FROZEN = {BinaryConv2d: _FrozenBinaryConv2d, BinaryLinear: _FrozenBinaryLinear}
+
+
+@torch.no_grad()
+def freeze_for_export(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` whose binarized layers compute with a stored
+    ``alpha * sign(w)`` (exactly the weight they compute with now); layers whose binarization
+    is switched off are refused."""
+    off = [n for n, m in model.named_modules() if is_binary(m) and not (m.binarize_act and m.binarize_weight)]
+    if off:
+        raise ValueError(f"binarization is switched off in {', '.join(off[:4])}: the exported graph would not be "
+                         "binary. Switch it on: bsr_plugin.set_binarization(model, act=True, weight=True)")
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    for layer in frozen.modules():
+        if is_binary(layer):
+            cls = _FROZEN.get(type(layer))
+            if cls is None:
+                raise TypeError(f"cannot export {type(layer).__name__}: only BinaryConv2d and BinaryLinear are known")
+            weight = layer.binary_weight().detach().clone()
+            layer.__class__ = cls
+            layer.register_buffer("frozen_weight", weight)
+    return frozen
+
+
+def export_onnx(model: nn.Module, path: Union[str, Path], sample: Tensor, *, opset: int = DEFAULT_OPSET,
+                dynamic: bool = True, input_name: str = "lr", output_name: str = "sr",
+                check: Optional[bool] = None) -> Path:
+    """Export a binarized network to ONNX (the sign + pad(+1) + conv pattern stays visible).
+
+    Args:
+        model: the network (not modified; an eval-mode copy is exported).
+        path: the ``.onnx`` file to write.
+        sample: an input batch of the right shape, e.g. ``torch.rand(1, 3, 48, 48)``.
+        opset: ONNX opset version.
+        dynamic: make batch, height and width dynamic axes (else the sample's shape is fixed).
+        input_name, output_name: graph input/output names.
+        check: run ``onnx.checker`` on the result (default: when the onnx package is installed).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    frozen = freeze_for_export(model)
+    sample = sample.detach()
+    axes = None
+    if dynamic:
+        names: Sequence[str] = ("batch", "height", "width")
+        axes = {input_name: {0: names[0], 2: names[1], 3: names[2]} if sample.dim() == 4 else {0: names[0]},
+                output_name: {0: names[0], 2: "out_height", 3: "out_width"} if sample.dim() == 4 else {0: names[0]}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+        torch.onnx.export(frozen, (sample,), str(path), dynamo=False, opset_version=opset,
+                          input_names=[input_name], output_names=[output_name], dynamic_axes=axes,
+                          do_constant_folding=True)
+    if check is None or check:
+        try:
+            import onnx
+        except ImportError:
+            if check:
+                raise ImportError("check=True needs the onnx package: pip install 'bsr_plugin[onnx]'") from None
+        else:
+            onnx.checker.check_model(str(path))
+    logger.info("export_onnx: wrote %s", path)
+    return path

@@ -1,0 +1,33 @@
+"""The main job as a new user runs it: ``make demo`` runs ``bsr demo`` (defaults), which trains a
+small binarized EDSR on scikit-image's bundled photos through ``basicsr train`` and must beat
+bicubic on the held-out photos."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_make_demo_runs_bsr_demo():
+    recipe = subprocess.run(["make", "-n", "-C", str(REPO), "demo", "BIN=.venv/bin"], capture_output=True,
+                            text=True).stdout
+    assert ".venv/bin/bsr demo" in recipe
+
+
+def test_demo_beats_bicubic(tmp_path):
+    bsr = str(Path(sys.executable).parent / "bsr")
+    res = subprocess.run([bsr, "demo", "--workdir", str(tmp_path / "demo")], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=1500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    bicubic = float(re.search(r"bicubic\s+([0-9.]+)", out).group(1))
+    ours = float(re.search(r"binarized EDSR\s+([0-9.]+)", out).group(1))
+    assert "beats bicubic" in out and ours > bicubic, out[-1500:]
