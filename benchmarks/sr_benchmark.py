@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -56,6 +56,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                          "loss": "curriculum", "label": "ours without the shortcuts"},
     "ours_no_curriculum": {"kind": "binary", "binarize": {**BINARY, "prior_a": "A"}, "loss": "l1",
                            "label": "ours without the curriculum"},
+    "ours_cut_last": {"kind": "binary", "binarize": {**BINARY, "prior_a": "A", "nested_skips": "cut_last"},
+                      "loss": "curriculum", "label": "ours, shortcut dropped at the last conv of a skipped block"},
     "ours_a1": {"kind": "binary", "binarize": {**BINARY, "prior_a": 1.0}, "loss": "curriculum", "label": "ours, a = 1"},
     "ours_a0.1": {"kind": "binary", "binarize": {**BINARY, "prior_a": 0.1}, "loss": "curriculum",
                   "label": "ours, a = 0.1"},
@@ -99,8 +101,8 @@ PRESETS = {
     "cpu": Preset(scale=4, num_feat=32, num_block=8, batch=8, lr_patch=24, iters=2000, lr=5e-4, val_freq=250,
                   print_freq=50, prior_a=0.01, eval_sets=("Set5", "Set14", "B100"), variants=ALL,
                   extra_seeds=("ours", "ours_no_prior", "bireal"), timing_steps=8),
-    "gpu": Preset(scale=4, num_feat=64, num_block=16, batch=16, lr_patch=48, iters=2500, lr=2e-4, val_freq=500,
-                  print_freq=100, prior_a=0.01, eval_sets=("Set5", "Set14", "B100"), variants=ALL,
+    "gpu": Preset(scale=4, num_feat=64, num_block=16, batch=16, lr_patch=48, iters=600, lr=2e-4, val_freq=200,
+                  print_freq=50, prior_a=0.01, eval_sets=("Set5", "Set14", "B100"), variants=ALL,
                   extra_seeds=("ours", "ours_no_prior", "bireal"), timing_steps=20, workers=6),
 }
 
@@ -197,51 +199,73 @@ def train(opt: dict[str, Any], work: Path) -> float:
 
 
 def parse_log(text: str) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(iter, Set5 PSNR) after each validation and (iter, mean flip ratio) at each print."""
-    val, flips = [], []
+    """(iter, Set5 PSNR) after each validation and (iter, mean flip ratio) at each print. The
+    iteration of a validation is the last one printed before it (``val_freq`` is a multiple of
+    ``print_freq``); the repeat validation BasicSR runs after training is dropped."""
+    val: dict[int, float] = {}
+    flips = []
     it = 0
-    lines = text.splitlines()
-    for line in lines:
+    for line in text.splitlines():
         m = re.search(r"iter:\s*([0-9,]+)", line)
         if m:
             it = int(m.group(1).replace(",", ""))
             f = re.search(r"flip_ratio: ([0-9.e+-]+)", line)
             if f:
                 flips.append((it, float(f.group(1))))
-        if line.startswith("\t # psnr:") or line.strip().startswith("# psnr:"):
-            b = re.search(r"@ (\d+) iter", line)
-            val.append((int(b.group(1)) if b else it, float(line.split("psnr:")[1].split()[0])))
-    return val, flips
+        if line.strip().startswith("# psnr:"):
+            val.setdefault(it, float(line.split("psnr:")[1].split()[0]))
+    return sorted(val.items()), flips
 
 
-def evaluate(opt: dict[str, Any], checkpoint: Path, datasets: Path, sets: tuple[str, ...]) -> dict[str, dict]:
-    """Y-channel PSNR/SSIM, border ``scale`` cropped, with BasicSR's metrics."""
-    import torch
-    from basicsr.archs import build_network
+def score(upscale: Callable[[Any], Any], datasets: Path, sets: tuple[str, ...], scale: int) -> dict[str, dict]:
+    """Mean Y-channel PSNR/SSIM (border ``scale`` cropped, BasicSR's metrics) of ``upscale``
+    (an LR tensor 3xHxW in [0, 1] -> an SR tensor) on each benchmark set."""
     from basicsr.data import build_dataset
     from basicsr.metrics import calculate_psnr, calculate_ssim
     from basicsr.utils import tensor2img
 
-    s = opt["scale"]
-    net = build_network(opt["network_g"])
-    net.load_state_dict(torch.load(checkpoint, map_location="cpu")["params"])
-    net.eval()
     out = {}
     for name in sets:
-        ds = build_dataset({"name": name, "type": "PairedImageDataset", "phase": "test", "scale": s,
+        ds = build_dataset({"name": name, "type": "PairedImageDataset", "phase": "test", "scale": scale,
                             "dataroot_gt": str(datasets / name / "HR"),
-                            "dataroot_lq": str(datasets / name / "LR_bicubic" / f"X{s}"),
-                            "filename_tmpl": f"{{}}x{s}", "io_backend": {"type": "disk"}})
+                            "dataroot_lq": str(datasets / name / "LR_bicubic" / f"X{scale}"),
+                            "filename_tmpl": f"{{}}x{scale}", "io_backend": {"type": "disk"}})
         psnr, ssim = [], []
         for i in range(len(ds)):
             item = ds[i]
-            with torch.no_grad():
-                sr = tensor2img(net(item["lq"][None]))
-            gt = tensor2img(item["gt"])
-            psnr.append(calculate_psnr(sr, gt, crop_border=s, test_y_channel=True))
-            ssim.append(calculate_ssim(sr, gt, crop_border=s, test_y_channel=True))
+            sr, gt = tensor2img(upscale(item["lq"])), tensor2img(item["gt"])
+            psnr.append(calculate_psnr(sr, gt, crop_border=scale, test_y_channel=True))
+            ssim.append(calculate_ssim(sr, gt, crop_border=scale, test_y_channel=True))
         out[name] = {"psnr": float(statistics.mean(psnr)), "ssim": float(statistics.mean(ssim))}
     return out
+
+
+def evaluate(opt: dict[str, Any], checkpoint: Path, datasets: Path, sets: tuple[str, ...]) -> dict[str, dict]:
+    """The trained network's scores (its ``net_g_latest.pth``)."""
+    import torch
+    from basicsr.archs import build_network
+
+    net = build_network(opt["network_g"])
+    net.load_state_dict(torch.load(checkpoint, map_location="cpu")["params"])
+    net.eval()
+
+    def upscale(lq):
+        with torch.no_grad():
+            return net(lq[None])
+
+    return score(upscale, datasets, sets, opt["scale"])
+
+
+def bicubic_metrics(datasets: Path, sets: tuple[str, ...], scale: int) -> dict[str, dict]:
+    """Scores of MATLAB-style bicubic upsampling."""
+    import numpy as np
+    import torch
+    from basicsr.utils.matlab_functions import imresize
+
+    def upscale(lq):
+        return torch.from_numpy(np.clip(imresize(lq.permute(1, 2, 0).numpy(), scale), 0, 1)).permute(2, 0, 1)
+
+    return score(upscale, datasets, sets, scale)
 
 
 def step_time(opt: dict[str, Any], preset: Preset, steps: int) -> float:
@@ -272,33 +296,8 @@ def step_time(opt: dict[str, Any], preset: Preset, steps: int) -> float:
     return statistics.median(times[2:])
 
 
-def bicubic_metrics(datasets: Path, sets: tuple[str, ...], scale: int) -> dict[str, dict]:
-    import numpy as np
-    import torch
-    from basicsr.data import build_dataset
-    from basicsr.metrics import calculate_psnr, calculate_ssim
-    from basicsr.utils import tensor2img
-    from basicsr.utils.matlab_functions import imresize
-
-    out = {}
-    for name in sets:
-        ds = build_dataset({"name": name, "type": "PairedImageDataset", "phase": "test", "scale": scale,
-                            "dataroot_gt": str(datasets / name / "HR"),
-                            "dataroot_lq": str(datasets / name / "LR_bicubic" / f"X{scale}"),
-                            "filename_tmpl": f"{{}}x{scale}", "io_backend": {"type": "disk"}})
-        p, q = [], []
-        for i in range(len(ds)):
-            item = ds[i]
-            up = np.clip(imresize(item["lq"].permute(1, 2, 0).numpy(), scale), 0, 1)
-            sr = tensor2img(torch.from_numpy(up).permute(2, 0, 1))
-            gt = tensor2img(item["gt"])
-            p.append(calculate_psnr(sr, gt, crop_border=scale, test_y_channel=True))
-            q.append(calculate_ssim(sr, gt, crop_border=scale, test_y_channel=True))
-        out[name] = {"psnr": float(statistics.mean(p)), "ssim": float(statistics.mean(q))}
-    return out
-
-
-def run_grid(preset_name: str, preset: Preset, datasets: Path, out: Path, only: Optional[list[str]]) -> dict:
+def run_grid(preset_name: str, preset: Preset, datasets: Path, out: Path, only: Optional[list[str]],
+             seeds: Optional[list[int]] = None) -> dict:
     import torch
 
     from benchmarks import fakequant  # noqa: F401  (registers FakeQuantArch here too)
@@ -307,10 +306,13 @@ def run_grid(preset_name: str, preset: Preset, datasets: Path, out: Path, only: 
         if not (datasets / sub / "HR").is_dir():
             raise FileNotFoundError(f"dataset folder {datasets / sub / 'HR'} is missing: set BSR_DATASETS to the "
                                     "shared datasets folder")
-    variants = [v for v in preset.variants if not only or v in only]
+    variants = only or list(preset.variants)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    jobs = [(v, 0) for v in variants] + [(v, 1) for v in preset.extra_seeds if v in variants]
+    if seeds is None:
+        jobs = [(v, 0) for v in variants] + [(v, 1) for v in preset.extra_seeds if v in variants]
+    else:
+        jobs = [(v, seed) for seed in seeds for v in variants]
     runs: list[Run] = []
     grid_start = time.time()
     train_folder = link_training_images(datasets, preset.train_sets, work / "train_hr")
@@ -473,10 +475,12 @@ def plots(results: dict, out: Path) -> None:
 
     by = _by_variant(results)
     fig, ax = plt.subplots(figsize=(8, 5))
-    for v, runs in by.items():
+    colors = plt.cm.tab20.colors
+    for k, (v, runs) in enumerate(by.items()):
         curve = runs[0]["val_curve"]
         if curve:
-            ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", ms=3, label=v)
+            ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", ms=3, label=v,
+                    color=colors[(2 * k) % 20 + (k >= 10)], ls="--" if v in ("fp", "q5", "q4") else "-")
     ax.set_xlabel("iteration")
     ax.set_ylabel("Set5 PSNR (dB, Y)")
     ax.set_title(f"validation PSNR, preset {results['preset']}")
@@ -501,6 +505,28 @@ def plots(results: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "flip_ratio.png", dpi=120)
     plt.close(fig)
+
+
+def merge(parts: list[dict]) -> dict:
+    """One result from several runs of the same preset (e.g. more seeds run later): runs are
+    concatenated; the first part's step times and bicubic scores are kept."""
+    base = dict(parts[0])
+    ignore = {"variants", "extra_seeds"}
+    for other in parts[1:]:
+        a = {k: v for k, v in base["config"].items() if k not in ignore}
+        b = {k: v for k, v in other["config"].items() if k not in ignore}
+        if a != b:
+            raise SystemExit(f"cannot merge results of different configurations: {a} vs {b}")
+        keys = {(r["variant"], r["seed"]) for r in base["runs"]}
+        dup = [(r["variant"], r["seed"]) for r in other["runs"] if (r["variant"], r["seed"]) in keys]
+        if dup:
+            raise SystemExit(f"runs present twice: {dup}")
+        base["runs"] = base["runs"] + other["runs"]
+        base["variants"] = {**other["variants"], **base["variants"]}
+        base["step_time_s"] = {**other["step_time_s"], **base["step_time_s"]}
+        base["grid_wall_s"] = base["grid_wall_s"] + other["grid_wall_s"]
+    base["merged_from"] = len(parts)
+    return base
 
 
 def write_outputs(results: dict, out: Path) -> None:
@@ -531,6 +557,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<preset>)")
     parser.add_argument("--variants", help="comma-separated subset of the preset's variants")
     parser.add_argument("--redraw", type=Path, help="rewrite results.md and the plots from a results.json")
+    parser.add_argument("--seeds", help="comma-separated seeds to run every chosen variant with (default: seed 0, "
+                        "plus seed 1 for the preset's extra_seeds)")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="RESULTS_JSON",
+                        help="combine the runs of several results.json of the same preset into --out")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="override preset fields (e.g. iters=100); the output says so")
     args = parser.parse_args(argv)
@@ -539,8 +569,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         results = json.loads(args.redraw.read_text())
         write_outputs(results, args.redraw.parent)
         return 0
+    if args.merge:
+        if not args.out:
+            parser.error("--merge needs --out")
+        write_outputs(merge([json.loads(p.read_text()) for p in args.merge]), args.out)
+        return 0
     datasets = Path(os.environ.get("BSR_DATASETS", REPO.parent / "shared" / "datasets"))
-    out = args.out or REPO / "benchmarks" / "results" / args.preset
+    out = (args.out or REPO / "benchmarks" / "results" / args.preset).resolve()
     only = args.variants.split(",") if args.variants else None
     if only:
         unknown = set(only) - set(VARIANTS)
@@ -548,7 +583,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
     preset = _override(PRESETS[args.preset], args.set)
     name = args.preset + ("+" + ",".join(args.set) if args.set else "")
-    results = run_grid(name, preset, datasets, out, only)
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else None
+    results = run_grid(name, preset, datasets, out, only, seeds)
     write_outputs(results, out)
     print((out / "results.md").read_text())
     return 0

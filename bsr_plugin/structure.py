@@ -193,8 +193,8 @@ def nested_skip_cuts(graph: DataflowGraph, cuttable: set[str], policy: str) -> d
     For every addition ``p + q`` whose operand ``q`` carries an identity copy of ``p`` (through
     activations, other skips and shortcuts of layers in ``cuttable``), the fewest shortcuts that
     break every such path are cut; of equally small cuts, the one nearest ``p`` (``cut_first``)
-    or nearest the addition (``cut_last``). Additions are taken in execution order, so inner
-    skips are settled before outer ones. Returns ``{layer: reason}``.
+    or nearest the addition (``cut_last``); ``cut_all`` cuts every shortcut on such a path.
+    Additions are taken in execution order, so inner skips are settled before outer ones. Returns ``{layer: reason}``.
     """
     nodes = graph.nodes
     cuts: dict[str, str] = {}
@@ -238,7 +238,10 @@ def nested_skip_cuts(graph: DataflowGraph, cuttable: set[str], policy: str) -> d
             edges = {n: [u for u in nodes[n].users if u in path]
                      for n in path if n != dst and (n == src or kind(nodes[n]) != "block")}
             candidates = {n for n in path if kind(nodes[n]) == "cut"}
-            cut = _min_vertex_cut(path, edges, src, dst, candidates, near_src=policy == "cut_first")
+            if policy == "cut_all":
+                cut: Optional[set[int]] = candidates
+            else:
+                cut = _min_vertex_cut(path, edges, src, dst, candidates, near_src=policy == "cut_first")
             reason = f"the network's own skip (add in '{add.scope or '<root>'}') spans it"
             for n in cut or ():
                 cuts[nodes[n].target] = reason

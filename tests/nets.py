@@ -50,3 +50,19 @@ def assert_converted_network_works(float_net, net, x, kept):
         mod = net.get_submodule(name)
         assert type(mod) is type(float_modules[name]) and not is_binary(mod), name
         assert torch.equal(mod.weight, float_modules[name].weight), name
+
+
+def assert_initialised_from(float_net, net):
+    """``net`` (binarized) holds ``float_net``'s weights: kept layers equal, binarized layers
+    with the same signs, scales = mean |w| per channel, latent weights inside the prior."""
+    from torch import nn
+
+    for name, mod in float_net.named_modules():
+        if isinstance(mod, nn.Conv2d):
+            new = net.get_submodule(name)
+            if is_binary(new):
+                assert torch.equal(new.weight >= 0, mod.weight >= 0), name
+                torch.testing.assert_close(new.scale, mod.weight.abs().flatten(1).mean(1))
+                assert new.prior_a is None or new.weight.abs().max() <= new.prior_a
+            else:
+                assert torch.equal(new.weight, mod.weight), name

@@ -10,6 +10,8 @@ import bsr_plugin.basicsr_ext  # noqa: F401  (registers)
 from bsr_plugin import is_binary
 from bsr_plugin.basicsr_ext import register
 
+from .nets import assert_initialised_from
+
 
 def _opt(tmp_path, **train):
     train_opt = {"ema_decay": 0, "optim_g": {"type": "Adam", "lr": 1e-3, "weight_decay": 0, "betas": [0.9, 0.99]},
@@ -82,14 +84,7 @@ def test_float_basicsr_checkpoint_initialises_binarized_edsr(tmp_path):
     opt["path"]["pretrain_network_g"] = str(path)
     model = _model(opt)
     for net in (model.net_g, model.net_g_ema):
-        for name, mod in float_net.named_modules():
-            if isinstance(mod, nn.Conv2d):
-                new = net.get_submodule(name)
-                if is_binary(new):
-                    assert torch.equal(new.weight >= 0, mod.weight >= 0)
-                    torch.testing.assert_close(new.scale, mod.weight.abs().flatten(1).mean(1))
-                else:
-                    assert torch.equal(new.weight, mod.weight)
+        assert_initialised_from(float_net, net)
 
 
 def test_staged_binarization(tmp_path):

@@ -11,7 +11,7 @@ from torch import nn
 import bsr_plugin
 from bsr_plugin import BinaryConv2d, ConfigError, check_binary, convert, is_binary
 
-from .nets import assert_converted_network_works, basicsr_archs
+from .nets import assert_converted_network_works, assert_initialised_from, basicsr_archs
 
 ARCHS = basicsr_archs()
 
@@ -128,15 +128,7 @@ def test_float_checkpoint_loads_into_converted_network():
     float_net = make()
     net = convert(make())  # other random init
     net.load_state_dict(float_net.state_dict())
-    for name, mod in float_net.named_modules():
-        if isinstance(mod, nn.Conv2d):
-            new = net.get_submodule(name)
-            if is_binary(new):
-                assert torch.equal(new.weight >= 0, mod.weight >= 0)
-                torch.testing.assert_close(new.scale, mod.weight.abs().flatten(1).mean(1))
-                assert new.weight.abs().max() <= new.prior_a
-            else:
-                assert torch.equal(new.weight, mod.weight)
+    assert_initialised_from(float_net, net)
 
 
 def test_converted_checkpoint_round_trip(tmp_path):
@@ -239,3 +231,19 @@ def test_parallel_stems_are_all_first():
     net = convert(TwoStems())
     assert net.bsr_report.decision("a").reason == net.bsr_report.decision("b").reason == "rule keep: first"
     assert net.bsr_report.binarized == ["body"]
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ("cut_all", ["none", "none"]), ("cut_first", ["none", "identity"]), ("cut_last", ["identity", "none"]),
+    ("keep", ["identity", "identity"])])
+def test_nested_skip_policies_on_an_edsr_block(policy, expected):
+    from basicsr.archs.edsr_arch import EDSR
+
+    net = convert(EDSR(3, 3, num_feat=8, num_block=1, upscale=2), nested_skips=policy,
+                  rules=list(bsr_plugin.DEFAULT_RULES) + [("keep", "conv_after_body")])
+    assert [net.bsr_report.decision(f"body.0.conv{i}").shortcut for i in (1, 2)] == expected
+
+
+def test_shortcuts_stay_where_the_network_has_no_skip():
+    net = convert(ARCHS["SRVGGNetCompact"]())
+    assert {net.bsr_report.decision(n).shortcut for n in net.bsr_report.binarized} == {"identity"}

@@ -182,8 +182,11 @@ def test_convert_conv_module_network():
     assert report.binarized == ["body.0.conv", "body.1.conv", "body.2.conv"]
     assert report.decision("head.conv").reason == "rule keep: first"
     assert report.decision("upsample.conv").reason == "rule keep: upsampler?"
-    # the global skip spans the body: the first body conv's shortcut is cut, not doubled
-    assert [report.decision(f"body.{i}.conv").shortcut for i in range(3)] == ["none", "identity", "identity"]
+    # the global skip spans the body: no shortcut is added inside it (default cut_all); with
+    # cut_first only the first body conv's shortcut is cut, so the skip's input is not doubled
+    assert [report.decision(f"body.{i}.conv").shortcut for i in range(3)] == ["none", "none", "none"]
+    first = bsr_plugin.convert(float_net, nested_skips="cut_first").bsr_report
+    assert [first.decision(f"body.{i}.conv").shortcut for i in range(3)] == ["none", "identity", "identity"]
     # ConvModule's ReLU feeding the next binarized conv becomes a LeakyReLU, and the report says so;
     # the last one feeds the (float) upsampler through the skip and stays
     assert isinstance(net.body[0].activate, nn.LeakyReLU) and isinstance(net.body[1].activate, nn.LeakyReLU)
