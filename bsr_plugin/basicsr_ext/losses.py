@@ -8,20 +8,15 @@ from typing import Optional
 from torch import Tensor, nn
 
 from ..curriculum import PixelCurriculumL1
-from ..prior import prior_layers, prior_penalty
-
-REDUCTIONS = ("mean", "sum")
-
-
-def _check_reduction(name: str, reduction: str) -> None:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{name}: unsupported reduction {reduction!r}; supported: {REDUCTIONS}")
+from ..prior import UniformPriorLoss as CoreUniformPriorLoss
+from ..prior import prior_layers
 
 
-class UniformPriorLoss(nn.Module):
-    """The compact uniform prior U(-a, a) as a loss over a network's prior-constrained weights:
-    ``loss_weight * reduce(relu(|w| - a)^2)`` (+ ``wasserstein`` times the 1-D Wasserstein
-    distance to U(-a, a)). Zero inside the support. ``forward`` takes the network.
+class UniformPriorLoss(CoreUniformPriorLoss):
+    """The compact uniform prior U(-a, a) as a BasicSR loss (see
+    :class:`bsr_plugin.UniformPriorLoss`): ``loss_weight * reduce(relu(|w| - a)^2)`` over the
+    prior-constrained weights of the network given to ``forward`` (+ ``wasserstein`` times the
+    1-D Wasserstein distance to U(-a, a)). Zero inside the support.
 
     Args:
         loss_weight: lambda.
@@ -30,15 +25,16 @@ class UniformPriorLoss(nn.Module):
     """
 
     def __init__(self, loss_weight: float = 1.0, reduction: str = "mean", wasserstein: float = 0.0) -> None:
-        super().__init__()
-        _check_reduction("UniformPriorLoss", reduction)
-        self.loss_weight, self.reduction, self.wasserstein = loss_weight, reduction, wasserstein
+        super().__init__(loss_weight=loss_weight, wasserstein=wasserstein)
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"UniformPriorLoss: unsupported reduction {reduction!r}; supported: ('mean', 'sum')")
+        self.reduction = reduction
 
     def forward(self, net: nn.Module) -> Tensor:
-        loss = prior_penalty(net, self.wasserstein)
+        loss = super().forward(net)
         if self.reduction == "sum":
             loss = loss * sum(layer.weight.numel() for _, layer in prior_layers(net))
-        return self.loss_weight * loss
+        return loss
 
 
 class CurriculumL1Loss(PixelCurriculumL1):
