@@ -217,27 +217,16 @@ def parse_log(text: str) -> tuple[list[tuple[int, float]], list[tuple[int, float
     return sorted(val.items()), flips
 
 
-def score(upscale: Callable[[Any], Any], datasets: Path, sets: tuple[str, ...], scale: int) -> dict[str, dict]:
-    """Mean Y-channel PSNR/SSIM (border ``scale`` cropped, BasicSR's metrics) of ``upscale``
-    (an LR tensor 3xHxW in [0, 1] -> an SR tensor) on each benchmark set."""
+def score_sets(upscale: Callable[[Any], Any], datasets: Path, sets: tuple[str, ...], scale: int) -> dict[str, dict]:
+    """Mean Y-channel PSNR/SSIM of ``upscale`` on each benchmark set (its LR files)."""
     from basicsr.data import build_dataset
-    from basicsr.metrics import calculate_psnr, calculate_ssim
-    from basicsr.utils import tensor2img
 
-    out = {}
-    for name in sets:
-        ds = build_dataset({"name": name, "type": "PairedImageDataset", "phase": "test", "scale": scale,
-                            "dataroot_gt": str(datasets / name / "HR"),
-                            "dataroot_lq": str(datasets / name / "LR_bicubic" / f"X{scale}"),
-                            "filename_tmpl": f"{{}}x{scale}", "io_backend": {"type": "disk"}})
-        psnr, ssim = [], []
-        for i in range(len(ds)):
-            item = ds[i]
-            sr, gt = tensor2img(upscale(item["lq"])), tensor2img(item["gt"])
-            psnr.append(calculate_psnr(sr, gt, crop_border=scale, test_y_channel=True))
-            ssim.append(calculate_ssim(sr, gt, crop_border=scale, test_y_channel=True))
-        out[name] = {"psnr": float(statistics.mean(psnr)), "ssim": float(statistics.mean(ssim))}
-    return out
+    from bsr_plugin.basicsr_ext.evaluation import score
+
+    return {name: score(upscale, build_dataset({
+        "name": name, "type": "PairedImageDataset", "phase": "test", "scale": scale,
+        "dataroot_gt": str(datasets / name / "HR"), "dataroot_lq": str(datasets / name / "LR_bicubic" / f"X{scale}"),
+        "filename_tmpl": f"{{}}x{scale}", "io_backend": {"type": "disk"}}), scale) for name in sets}
 
 
 def evaluate(opt: dict[str, Any], checkpoint: Path, datasets: Path, sets: tuple[str, ...]) -> dict[str, dict]:
@@ -245,27 +234,18 @@ def evaluate(opt: dict[str, Any], checkpoint: Path, datasets: Path, sets: tuple[
     import torch
     from basicsr.archs import build_network
 
+    from bsr_plugin.basicsr_ext.evaluation import network_upscaler
+
     net = build_network(opt["network_g"])
     net.load_state_dict(torch.load(checkpoint, map_location="cpu")["params"])
-    net.eval()
-
-    def upscale(lq):
-        with torch.no_grad():
-            return net(lq[None])
-
-    return score(upscale, datasets, sets, opt["scale"])
+    return score_sets(network_upscaler(net), datasets, sets, opt["scale"])
 
 
 def bicubic_metrics(datasets: Path, sets: tuple[str, ...], scale: int) -> dict[str, dict]:
     """Scores of MATLAB-style bicubic upsampling."""
-    import numpy as np
-    import torch
-    from basicsr.utils.matlab_functions import imresize
+    from bsr_plugin.basicsr_ext.evaluation import bicubic_upscaler
 
-    def upscale(lq):
-        return torch.from_numpy(np.clip(imresize(lq.permute(1, 2, 0).numpy(), scale), 0, 1)).permute(2, 0, 1)
-
-    return score(upscale, datasets, sets, scale)
+    return score_sets(bicubic_upscaler(scale), datasets, sets, scale)
 
 
 def step_time(opt: dict[str, Any], preset: Preset, steps: int) -> float:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-import numpy as np
 import yaml
 
 TRAIN_IMAGES = ("astronaut.png", "rocket.jpg", "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png",
@@ -94,29 +93,16 @@ def evaluate(opt: dict, checkpoint: Path) -> tuple[float, float, float, float]:
     """Mean Y-channel PSNR/SSIM of the trained network and of bicubic on the val images."""
     import torch
     from basicsr.archs import build_network
-    from basicsr.metrics import calculate_psnr, calculate_ssim
-    from basicsr.utils import tensor2img
-    from basicsr.utils.matlab_functions import imresize
 
     from .datasets import BicubicPairDataset
+    from .evaluation import bicubic_upscaler, network_upscaler, score
 
     scale = opt["scale"]
     net = build_network(opt["network_g"])
     net.load_state_dict(torch.load(checkpoint, map_location="cpu")["params"])
-    net.eval()
     ds = BicubicPairDataset(dict(opt["datasets"]["val"], scale=scale, phase="val"))
-    scores = []
-    for i in range(len(ds)):
-        item = ds[i]
-        with torch.no_grad():
-            sr = tensor2img(net(item["lq"][None]))
-        gt = tensor2img(item["gt"])
-        lq = item["lq"].permute(1, 2, 0).numpy()
-        bic = tensor2img(torch.from_numpy(np.clip(imresize(lq, scale), 0, 1)).permute(2, 0, 1))
-        kw = dict(crop_border=scale, test_y_channel=True)
-        scores.append([calculate_psnr(sr, gt, **kw), calculate_ssim(sr, gt, **kw),
-                       calculate_psnr(bic, gt, **kw), calculate_ssim(bic, gt, **kw)])
-    return tuple(float(v) for v in np.mean(scores, axis=0))  # type: ignore[return-value]
+    ours, bicubic = score(network_upscaler(net), ds, scale), score(bicubic_upscaler(scale), ds, scale)
+    return ours["psnr"], ours["ssim"], bicubic["psnr"], bicubic["ssim"]
 
 
 def run(workdir: Path, iters: int, scale: int) -> DemoResult:
