@@ -1,17 +1,20 @@
-"""Equal-budget benchmark: full precision, k-bit fake quantization, plain BNN, BNN with real
-identity shortcuts (Bi-Real style), ours (compact uniform prior + shortcuts + pixel-wise
-curriculum) and its ablations, all on EDSR, trained through the ``basicsr train`` command with
-identical data, seed, iterations and recipe.
+"""Equal-budget benchmark: full precision, k-bit fake quantization, plain BNN, the shipped
+default and each training ingredient added to it (RSign, RPReLU, the BBCU block, the upsampler
+binarized, distillation from a float teacher, starting from the float checkpoint), all on
+EDSR, trained through the ``basicsr train`` command with identical data, iterations and recipe,
+three seeds per row that decides a default.
 
-    python benchmarks/sr_benchmark.py --preset cpu        # ~90 min on 2 cores
-    python benchmarks/sr_benchmark.py --preset gpu        # sized for ~9 min on one H100
-    python benchmarks/sr_benchmark.py --preset smoke      # seconds: CI keeps the script alive
-    python benchmarks/sr_benchmark.py --redraw benchmarks/results/cpu/results.json
+    python benchmarks/sr_benchmark.py --preset cpu --jobs 2          # the committed grid (~3 h on 2 cores)
+    python benchmarks/sr_benchmark.py --preset cpu --timing          # step times only (idle machine)
+    python benchmarks/sr_benchmark.py --preset cpu --variants fp,default --set iters=8000 --seeds 0 --out ...
+    python benchmarks/sr_benchmark.py --preset smoke                  # seconds: CI keeps the script alive
+    python benchmarks/sr_benchmark.py --redraw benchmarks/results/cpu_r2/results.json
 
-Writes ``results.json`` (everything needed to redraw), ``results.md`` (the table and the
-claims), ``val_psnr.png`` and ``flip_ratio.png`` into ``--out`` (default
-``benchmarks/results/<preset>``). Datasets come from ``$BSR_DATASETS`` (default
-``../shared/datasets``).
+Every finished run is saved at once (``<out>/runs/<variant>_seed<k>.json``), so an interrupted
+grid resumes where it stopped. Writes ``results.json`` (everything needed to redraw),
+``results.md`` (table, paired differences, decisions), ``val_psnr.png`` and ``flip_ratio.png``
+into ``--out`` (default ``benchmarks/results/<preset>``). Datasets come from ``$BSR_DATASETS``
+(default ``../shared/datasets``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -34,39 +38,65 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.sr_report import write_outputs  # noqa: E402
+
 log = logging.getLogger("sr_benchmark")
 
 # -- what is compared -----------------------------------------------------------------------
-# Each variant: model type, the network's kind and options, and the pixel loss.
-BINARY = {"act_grad": "approxsign", "shortcut": "auto", "nested_skips": "cut_first", "relu": "leaky",
+# Each variant: model kind and binarize options, the pixel loss, and for the new rows: the block
+# ("bbcu"), the upsampler binarized, distillation from the full-precision run of the same seed,
+# initialisation from that run's checkpoint, and a multiple of the preset's iterations.
+ROUND1 = {"act_grad": "approxsign", "shortcut": "auto", "nested_skips": "cut_first", "relu": "leaky",
           "scale": "learned"}
+DEFAULT = {"prior_a": "A", "act_grad": "approxsign", "scale": "learned", "shortcut": "auto",
+           "nested_skips": "cut_all", "relu": "leaky"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "fp": {"kind": "float", "loss": "l1", "label": "full precision"},
     "q5": {"kind": "quant", "bits": 5, "loss": "l1", "label": "5-bit W/A (LSQ)"},
     "q4": {"kind": "quant", "bits": 4, "loss": "l1", "label": "4-bit W/A (LSQ)"},
-    "bnn": {"kind": "binary", "binarize": {**BINARY, "prior_a": None, "act_grad": "ste", "shortcut": "none"},
+    "bnn": {"kind": "binary", "binarize": {**ROUND1, "prior_a": None, "act_grad": "ste", "shortcut": "none"},
             "loss": "l1", "label": "plain BNN (STE, no prior, no added shortcuts)"},
-    "bireal": {"kind": "binary", "binarize": {**BINARY, "prior_a": None}, "loss": "l1",
+    # round 2: the shipped default and each ingredient added to it
+    "default": {"kind": "binary", "binarize": DEFAULT, "loss": "curriculum",
+                "label": "shipped default (prior, EDSR's own skips, curriculum)"},
+    "default_rsign": {"kind": "binary", "binarize": {**DEFAULT, "rsign": True}, "loss": "curriculum",
+                      "label": "default + RSign (learned threshold)"},
+    "default_rprelu": {"kind": "binary", "binarize": {**DEFAULT, "rprelu": True}, "loss": "curriculum",
+                       "label": "default + RPReLU"},
+    "default_bbcu": {"kind": "binary", "binarize": DEFAULT, "block": "bbcu", "loss": "curriculum",
+                     "label": "BBCU block (shortcut per conv, block skip removed)"},
+    "default_upsampler": {"kind": "binary", "binarize": DEFAULT, "upsampler": True, "loss": "curriculum",
+                          "label": "default + upsampler binarized"},
+    "default_distill": {"kind": "binary", "binarize": DEFAULT, "distill": True, "loss": "curriculum",
+                        "label": "default + distillation from the FP run (from scratch)"},
+    "ckpt": {"kind": "binary", "binarize": DEFAULT, "init": "fp", "loss": "curriculum",
+             "label": "default started from the FP checkpoint"},
+    "ckpt_distill": {"kind": "binary", "binarize": DEFAULT, "init": "fp", "distill": True, "loss": "curriculum",
+                     "label": "FP checkpoint + distillation from it"},
+    "default_2x": {"kind": "binary", "binarize": DEFAULT, "iters_mult": 2, "loss": "curriculum",
+                   "label": "default, twice the iterations (= teacher + student budget)"},
+    # round 1 (benchmarks/results/cpu_merged), kept so those results can be reproduced
+    "bireal": {"kind": "binary", "binarize": {**ROUND1, "prior_a": None}, "loss": "l1",
                "label": "BNN + real identity shortcuts (Bi-Real style)"},
-    "ours": {"kind": "binary", "binarize": {**BINARY, "prior_a": "A"}, "loss": "curriculum",
+    "ours": {"kind": "binary", "binarize": {**ROUND1, "prior_a": "A"}, "loss": "curriculum",
              "label": "prior + shortcuts + curriculum"},
-    "ours_no_prior": {"kind": "binary", "binarize": {**BINARY, "prior_a": None}, "loss": "curriculum",
+    "ours_no_prior": {"kind": "binary", "binarize": {**ROUND1, "prior_a": None}, "loss": "curriculum",
                       "label": "ours without the prior"},
-    "ours_no_shortcut": {"kind": "binary", "binarize": {**BINARY, "prior_a": "A", "shortcut": "none"},
+    "ours_no_shortcut": {"kind": "binary", "binarize": {**ROUND1, "prior_a": "A", "shortcut": "none"},
                          "loss": "curriculum", "label": "ours without the shortcuts"},
-    "ours_no_curriculum": {"kind": "binary", "binarize": {**BINARY, "prior_a": "A"}, "loss": "l1",
+    "ours_no_curriculum": {"kind": "binary", "binarize": {**ROUND1, "prior_a": "A"}, "loss": "l1",
                            "label": "ours without the curriculum"},
-    "ours_cut_last": {"kind": "binary", "binarize": {**BINARY, "prior_a": "A", "nested_skips": "cut_last"},
+    "ours_cut_last": {"kind": "binary", "binarize": {**ROUND1, "prior_a": "A", "nested_skips": "cut_last"},
                       "loss": "curriculum", "label": "ours, shortcut dropped at the last conv of a skipped block"},
-    "ours_a1": {"kind": "binary", "binarize": {**BINARY, "prior_a": 1.0}, "loss": "curriculum", "label": "ours, a = 1"},
-    "ours_a0.1": {"kind": "binary", "binarize": {**BINARY, "prior_a": 0.1}, "loss": "curriculum",
+    "ours_a1": {"kind": "binary", "binarize": {**ROUND1, "prior_a": 1.0}, "loss": "curriculum", "label": "ours, a = 1"},
+    "ours_a0.1": {"kind": "binary", "binarize": {**ROUND1, "prior_a": 0.1}, "loss": "curriculum",
                   "label": "ours, a = 0.1"},
-    "ours_a0.01": {"kind": "binary", "binarize": {**BINARY, "prior_a": 0.01}, "loss": "curriculum",
+    "ours_a0.01": {"kind": "binary", "binarize": {**ROUND1, "prior_a": 0.01}, "loss": "curriculum",
                    "label": "ours, a = 0.01"},
-    "ours_a0.001": {"kind": "binary", "binarize": {**BINARY, "prior_a": 0.001}, "loss": "curriculum",
+    "ours_a0.001": {"kind": "binary", "binarize": {**ROUND1, "prior_a": 0.001}, "loss": "curriculum",
                     "label": "ours, a = 0.001"},
 }
-A_SWEEP = ("ours_a1", "ours_a0.1", "ours_a0.01", "ours_a0.001")
+DISTILL = {"output_weight": 1.0, "feature_weight": 0.1, "features": [r"re:body\.\d+"]}
 
 
 @dataclass(frozen=True)
@@ -86,24 +116,25 @@ class Preset:
     prior_a: float
     eval_sets: tuple[str, ...]
     variants: tuple[str, ...]
-    extra_seeds: tuple[str, ...]  # variants also run with seed 1 (spread between seeds)
-    timing_steps: int
+    seeds: tuple[int, ...] = (0, 1, 2)
+    one_seed: tuple[str, ...] = ()  # variants run with the first seed only (reference rows)
+    timing_steps: int = 8
     workers: int = 0
     train_sets: tuple[str, ...] = ("T91", "BSD200")
 
 
-ALL = ("fp", "q5", "q4", "bnn", "bireal", "ours", "ours_no_prior", "ours_no_shortcut", "ours_no_curriculum",
-       "ours_a1", "ours_a0.1", "ours_a0.001")
+GRID = ("fp", "q5", "bnn", "default", "default_rsign", "default_rprelu", "default_bbcu", "default_upsampler",
+        "default_distill", "ckpt", "ckpt_distill", "default_2x")
 PRESETS = {
     "smoke": Preset(scale=4, num_feat=8, num_block=2, batch=2, lr_patch=12, iters=4, lr=2e-4, val_freq=2,
-                    print_freq=1, prior_a=0.01, eval_sets=("Set5",), variants=("fp", "ours"), extra_seeds=(),
-                    timing_steps=3, train_sets=("T91",)),
+                    print_freq=1, prior_a=0.01, eval_sets=("Set5",), variants=("fp", "default", "ckpt_distill"),
+                    seeds=(0,), timing_steps=3, train_sets=("T91",)),
     "cpu": Preset(scale=4, num_feat=32, num_block=8, batch=8, lr_patch=24, iters=2000, lr=5e-4, val_freq=250,
-                  print_freq=50, prior_a=0.01, eval_sets=("Set5", "Set14", "B100"), variants=ALL,
-                  extra_seeds=("ours", "ours_no_prior", "bireal"), timing_steps=8),
+                  print_freq=50, prior_a=0.01, eval_sets=("Set5", "Set14", "B100"), variants=GRID,
+                  one_seed=("q5",)),
     "gpu": Preset(scale=4, num_feat=64, num_block=16, batch=16, lr_patch=48, iters=600, lr=2e-4, val_freq=200,
-                  print_freq=50, prior_a=0.01, eval_sets=("Set5", "Set14", "B100"), variants=ALL,
-                  extra_seeds=("ours", "ours_no_prior", "bireal"), timing_steps=20, workers=6),
+                  print_freq=50, prior_a=0.01, eval_sets=("Set5", "Set14", "B100"), variants=GRID,
+                  one_seed=("q5",), timing_steps=20, workers=6),
 }
 
 
@@ -115,6 +146,7 @@ class Run:
     val_curve: list[tuple[int, float]] = field(default_factory=list)  # (iter, Set5 PSNR)
     flip_curve: list[tuple[int, float]] = field(default_factory=list)  # (iter, mean flip ratio)
     wall_s: float = 0.0
+    iters: int = 0
 
 
 # -- options ---------------------------------------------------------------------------------
@@ -124,8 +156,21 @@ def variant_for(name: str, preset: Preset) -> dict[str, Any]:
         b = dict(v["binarize"])
         if b["prior_a"] == "A":
             b["prior_a"] = preset.prior_a
+        if v.get("upsampler"):
+            b["rules"] = [{"binarize": "type:Conv2d"}, {"keep": "first"}, {"keep": "last"},
+                          {"keep": "conv_after_body"}, {"binarize": "upsampler"}]
         v["binarize"] = b
     return v
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant}_seed{seed}"
+
+
+def depends_on(variant: str) -> Optional[str]:
+    """The variant whose checkpoint (same seed) this one needs: its teacher or its start."""
+    v = VARIANTS[variant]
+    return "fp" if v.get("distill") or v.get("init") else None
 
 
 def network_options(name: str, preset: Preset) -> dict[str, Any]:
@@ -136,20 +181,31 @@ def network_options(name: str, preset: Preset) -> dict[str, Any]:
         return {"type": "EDSR", **base}
     if v["kind"] == "quant":
         return {"type": "FakeQuantArch", "bits": v["bits"], "arch": {"type": "EDSR", **base}}
-    return {"type": "EDSRBin", **base, "binarize": v["binarize"]}
+    return {"type": "EDSRBin", **base, "block": v.get("block", "residual"), "binarize": v["binarize"]}
 
 
-def train_options(name: str, seed: int, preset: Preset, datasets: Path, train_folder: Path) -> dict[str, Any]:
+def train_options(name: str, seed: int, preset: Preset, datasets: Path, train_folder: Path,
+                  work: Path) -> dict[str, Any]:
     v = variant_for(name, preset)
     s = preset.scale
+    iters = preset.iters * v.get("iters_mult", 1)
     pixel = ({"type": "CurriculumL1Loss", "loss_weight": 1.0, "reduction": "mean", "q0": 0.5, "until": 0.5}
              if v["loss"] == "curriculum" else {"type": "L1Loss", "loss_weight": 1.0, "reduction": "mean"})
     train: dict[str, Any] = {
         "ema_decay": 0, "optim_g": {"type": "Adam", "lr": preset.lr, "weight_decay": 0, "betas": [0.9, 0.999]},
-        "scheduler": {"type": "MultiStepLR", "milestones": [int(preset.iters * 2 / 3)], "gamma": 0.5},
-        "total_iter": preset.iters, "warmup_iter": -1, "pixel_opt": pixel}
+        "scheduler": {"type": "MultiStepLR", "milestones": [int(iters * 2 / 3)], "gamma": 0.5},
+        "total_iter": iters, "warmup_iter": -1, "pixel_opt": pixel}
+    path: dict[str, Any] = {"pretrain_network_g": None, "strict_load_g": True, "resume_state": None}
+    dep = depends_on(name)
+    if dep:
+        ckpt = str(checkpoint_of(work, dep, seed))
+        if v.get("distill"):
+            train["distill"] = {"network": network_options(dep, preset), "pretrain": ckpt, "param_key": "params",
+                                **DISTILL}
+        if v.get("init"):
+            path.update(pretrain_network_g=ckpt, param_key_g="params")
     return {
-        "name": f"{name}_seed{seed}", "model_type": "BinarySRModel" if v["kind"] == "binary" else "SRModel",
+        "name": run_name(name, seed), "model_type": "BinarySRModel" if v["kind"] == "binary" else "SRModel",
         "scale": s, "num_gpu": "auto", "manual_seed": seed,
         "datasets": {
             "train": {"name": "+".join(preset.train_sets), "type": "BicubicPairDataset",
@@ -161,13 +217,17 @@ def train_options(name: str, seed: int, preset: Preset, datasets: Path, train_fo
                     "dataroot_lq": str(datasets / "Set5" / "LR_bicubic" / f"X{s}"), "filename_tmpl": f"{{}}x{s}",
                     "io_backend": {"type": "disk"}}},
         "network_g": network_options(name, preset),
-        "path": {"pretrain_network_g": None, "strict_load_g": True, "resume_state": None},
+        "path": path,
         "train": train,
         "val": {"val_freq": preset.val_freq, "save_img": False,
                 "metrics": {"psnr": {"type": "calculate_psnr", "crop_border": s, "test_y_channel": True}}},
-        "logger": {"print_freq": preset.print_freq, "save_checkpoint_freq": preset.iters, "use_tb_logger": False,
+        "logger": {"print_freq": preset.print_freq, "save_checkpoint_freq": iters, "use_tb_logger": False,
                    "wandb": {"project": None, "resume_id": None}},
     }
+
+
+def checkpoint_of(work: Path, variant: str, seed: int) -> Path:
+    return work / "experiments" / run_name(variant, seed) / "models" / "net_g_latest.pth"
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -182,14 +242,15 @@ def link_training_images(datasets: Path, sets: tuple[str, ...], folder: Path) ->
     return folder
 
 
-def train(opt: dict[str, Any], work: Path) -> float:
+def train(opt: dict[str, Any], work: Path, threads: int) -> float:
     """``basicsr train -opt X.yml --plugin benchmarks.fakequant`` in ``work``; returns seconds."""
     import yaml
 
     yml = work / f"{opt['name']}.yml"
     yml.write_text(yaml.safe_dump(opt, sort_keys=False))
     basicsr = Path(sys.executable).parent / "basicsr"
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start = time.time()
     res = subprocess.run([str(basicsr), "train", "-opt", str(yml), "--plugin", "benchmarks.fakequant"], cwd=work,
                          env=env, capture_output=True, text=True)
@@ -231,13 +292,13 @@ def score_sets(upscale: Callable[[Any], Any], datasets: Path, sets: tuple[str, .
 
 def evaluate(opt: dict[str, Any], checkpoint: Path, datasets: Path, sets: tuple[str, ...]) -> dict[str, dict]:
     """The trained network's scores (its ``net_g_latest.pth``)."""
-    import torch
     from basicsr.archs import build_network
 
+    from bsr_plugin.basicsr_ext.compat import checkpoint_state
     from bsr_plugin.basicsr_ext.evaluation import network_upscaler
 
     net = build_network(opt["network_g"])
-    net.load_state_dict(torch.load(checkpoint, map_location="cpu")["params"])
+    net.load_state_dict(checkpoint_state(checkpoint, "params"))
     return score_sets(network_upscaler(net), datasets, sets, opt["scale"])
 
 
@@ -248,9 +309,10 @@ def bicubic_metrics(datasets: Path, sets: tuple[str, ...], scale: int) -> dict[s
     return score_sets(bicubic_upscaler(scale), datasets, sets, scale)
 
 
-def step_time(opt: dict[str, Any], preset: Preset, steps: int) -> float:
+def step_time(opt: dict[str, Any], preset: Preset, steps: int, teacher_ckpt: Optional[Path] = None) -> float:
     """Median seconds of one training step (forward, loss, backward, Adam, and for binarized
-    networks the prior's projection), on a fixed batch of the preset's size."""
+    networks the prior's projection; with distillation the teacher's forward pass), on a fixed
+    batch of the preset's size."""
     import torch
     from basicsr.archs import build_network
     from basicsr.losses import build_loss
@@ -264,11 +326,22 @@ def step_time(opt: dict[str, Any], preset: Preset, steps: int) -> float:
     x = torch.rand(preset.batch, 3, preset.lr_patch, preset.lr_patch)
     y = torch.rand(preset.batch, 3, preset.lr_patch * preset.scale, preset.lr_patch * preset.scale)
     binary = opt["model_type"] == "BinarySRModel"
+    distiller = None
+    if opt["train"].get("distill"):
+        from bsr_plugin.basicsr_ext.distill import Distiller
+
+        d = opt["train"]["distill"]
+        distiller = Distiller(build_network(dict(d["network"])), net, d["output_weight"], d["feature_weight"],
+                              d["features"])
     times = []
     for _ in range(steps + 2):
         t = time.perf_counter()
         optim.zero_grad()
-        loss_fn(net(x), y).backward()
+        out = net(x)
+        loss = loss_fn(out, y)
+        if distiller is not None:
+            loss = loss + sum(distiller.losses(x, out).values())
+        loss.backward()
         optim.step()
         if binary:
             project_to_prior_(net)
@@ -276,51 +349,88 @@ def step_time(opt: dict[str, Any], preset: Preset, steps: int) -> float:
     return statistics.median(times[2:])
 
 
-def run_grid(preset_name: str, preset: Preset, datasets: Path, out: Path, only: Optional[list[str]],
-             seeds: Optional[list[int]] = None) -> dict:
-    import torch
+def _one_run(variant: str, seed: int, preset: Preset, datasets: Path, work: Path, runs_dir: Path,
+             threads: int) -> Run:
+    opt = train_options(variant, seed, preset, datasets, work / "train_hr", work)
+    wall = train(opt, work, threads)
+    exp = work / "experiments" / opt["name"]
+    val, flips = parse_log("\n".join(p.read_text() for p in sorted(exp.glob("train_*.log"))))
+    metrics = evaluate(opt, exp / "models" / "net_g_latest.pth", datasets, preset.eval_sets)
+    run = Run(variant, seed, metrics, val, flips, wall, opt["train"]["total_iter"])
+    tmp = runs_dir / f".{opt['name']}.json.tmp"
+    tmp.write_text(json.dumps(asdict(run), indent=1))
+    tmp.replace(runs_dir / f"{opt['name']}.json")
+    log.info("    %s seed %d: %s (%.0f s)", variant, seed, {s: round(m["psnr"], 2) for s, m in metrics.items()}, wall)
+    return run
 
+
+def _jobs(preset: Preset, variants: list[str], seeds: Optional[list[int]]) -> list[tuple[str, int]]:
+    jobs = []
+    for variant in variants:
+        chosen = seeds if seeds is not None else (preset.seeds[:1] if variant in preset.one_seed else preset.seeds)
+        jobs += [(variant, s) for s in chosen]
+    return jobs
+
+
+def run_grid(preset: Preset, datasets: Path, out: Path, variants: list[str], seeds: Optional[list[int]],
+             jobs: int) -> list[dict]:
+    """Train and score every (variant, seed) not already in ``out/runs``, ``jobs`` at a time
+    (each with ``cores // jobs`` threads); a run waits for the run it depends on (same seed)."""
     from benchmarks import fakequant  # noqa: F401  (registers FakeQuantArch here too)
 
     for sub in ("Set5", *preset.eval_sets, *preset.train_sets):
         if not (datasets / sub / "HR").is_dir():
             raise FileNotFoundError(f"dataset folder {datasets / sub / 'HR'} is missing: set BSR_DATASETS to the "
                                     "shared datasets folder")
-    variants = only or list(preset.variants)
+    work, runs_dir = out / "work", out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    link_training_images(datasets, preset.train_sets, work / "train_hr")
+    threads = max((os.cpu_count() or 1) // jobs, 1)
+    done = {p.stem for p in runs_dir.glob("*.json")}
+    pending = [j for j in _jobs(preset, variants, seeds) if run_name(*j) not in done]
+    for variant, seed in pending:
+        dep = depends_on(variant)
+        if dep and run_name(dep, seed) not in done and (dep, seed) not in pending:
+            raise SystemExit(f"{variant} seed {seed} needs the {dep} run of seed {seed}: add {dep} to --variants")
+    log.info("%d runs to do (%d already in %s), %d at a time with %d threads each", len(pending), len(done),
+             runs_dir, jobs, threads)
+    running: dict[Future, tuple[str, int]] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            ready = [j for j in pending if not depends_on(j[0]) or run_name(depends_on(j[0]), j[1]) in done]
+            for job in ready[:max(jobs - len(running), 0)]:
+                pending.remove(job)
+                log.info("training %s (seed %d); %d queued", job[0], job[1], len(pending))
+                running[pool.submit(_one_run, *job, preset, datasets, work, runs_dir, threads)] = job
+            if not running:
+                raise SystemExit(f"runs whose dependencies failed: {pending}")
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                job = running.pop(fut)
+                fut.result()
+                done.add(run_name(*job))
+    return [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))]
+
+
+def timing(preset: Preset, datasets: Path, out: Path, variants: list[str]) -> dict[str, float]:
+    """Step time of every variant, one after the other (run it on an otherwise idle machine)."""
+    from benchmarks import fakequant  # noqa: F401
+
     work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    if seeds is None:
-        jobs = [(v, 0) for v in variants] + [(v, 1) for v in preset.extra_seeds if v in variants]
-    else:
-        jobs = [(v, seed) for seed in seeds for v in variants]
-    runs: list[Run] = []
-    grid_start = time.time()
-    train_folder = link_training_images(datasets, preset.train_sets, work / "train_hr")
-    for k, (variant, seed) in enumerate(jobs, 1):
-        opt = train_options(variant, seed, preset, datasets, train_folder)
-        log.info("[%d/%d] training %s (seed %d)", k, len(jobs), variant, seed)
-        wall = train(opt, work)
-        exp = work / "experiments" / opt["name"]
-        val, flips = parse_log("\n".join(p.read_text() for p in sorted(exp.glob("train_*.log"))))
-        metrics = evaluate(opt, exp / "models" / "net_g_latest.pth", datasets, preset.eval_sets)
-        runs.append(Run(variant, seed, metrics, val, flips, wall))
-        log.info("    %s: %s (%.0f s)", variant, {s: round(m["psnr"], 2) for s, m in metrics.items()}, wall)
-    timing = {}
+    result = {}
     for variant in variants:
-        opt = train_options(variant, 0, preset, datasets, train_folder)
-        timing[variant] = step_time(opt, preset, preset.timing_steps)
-        log.info("step time %s: %.3f s", variant, timing[variant])
-    return {
-        "preset": preset_name, "config": asdict(preset), "variants": {v: variant_for(v, preset) for v in variants},
-        "runs": [asdict(r) for r in runs], "step_time_s": timing,
-        "bicubic": bicubic_metrics(datasets, preset.eval_sets, preset.scale),
-        "grid_wall_s": time.time() - grid_start,
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "python": platform.python_version(), "machine": platform.machine(), "processor": _cpu_name(),
-                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-        "paper_recipe": "EDSR-baseline (64 features, 16 blocks), DIV2K, batch 16, LR patch 48, 300k iterations, "
-                        "lr 2e-4 halved at 200k",
-    }
+        opt = train_options(variant, 0, preset, datasets, work / "train_hr", work)
+        result[variant] = step_time(opt, preset, preset.timing_steps)
+        log.info("step time %s: %.3f s", variant, result[variant])
+    return result
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    return {"torch": torch.__version__, "threads": os.cpu_count(), "python": platform.python_version(),
+            "machine": platform.machine(), "processor": _cpu_name(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def _cpu_name() -> str:
@@ -333,201 +443,19 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-# -- report ------------------------------------------------------------------------------------
-def _by_variant(results: dict) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for r in results["runs"]:
-        out.setdefault(r["variant"], []).append(r)
-    return out
-
-
-def _mean(runs: list[dict], s: str, key: str) -> float:
-    return statistics.mean(r["metrics"][s][key] for r in runs)
-
-
-def _spread(runs: list[dict], s: str) -> Optional[float]:
-    vals = [r["metrics"][s]["psnr"] for r in runs]
-    return max(vals) - min(vals) if len(vals) > 1 else None
-
-
-def claims(results: dict) -> list[str]:
-    """The four claims, judged on Set5 PSNR with the seed spread as the noise floor."""
-    by = _by_variant(results)
-    first = results["config"]["eval_sets"][0]
-    spreads = [s for s in (_spread(r, first) for r in by.values()) if s is not None]
-    noise = max(spreads) if spreads else None
-    floor = noise if noise is not None else 0.05
-
-    def delta(a: str, b: str) -> Optional[float]:
-        if a in by and b in by:
-            return _mean(by[a], first, "psnr") - _mean(by[b], first, "psnr")
-        return None
-
-    def verdict(d: Optional[float]) -> str:
-        if d is None:
-            return "not run"
-        if d > floor:
-            return "held"
-        if d < -floor:
-            return "did not hold (the opposite)"
-        return "could not be told at this budget"
-
-    lines = [f"Noise floor: largest spread between seeds on {first} = "
-             + (f"{noise:.3f} dB" if noise is not None else "n/a (one seed; 0.05 dB used)")]
-    d1 = delta("ours", "ours_no_prior")
-    lines.append(f"1. Prior vs none (ours - ours_no_prior, {first}): "
-                 + (f"{d1:+.3f} dB -> {verdict(d1)}" if d1 is not None else "not run"))
-    d1b = delta("ours", "bnn")
-    if d1b is not None:
-        lines.append(f"   ours vs plain BNN: {d1b:+.3f} dB -> {verdict(d1b)}")
-    d2a = delta("ours", "ours_no_shortcut")
-    lines.append("2. Shortcuts (ours - ours_no_shortcut): " + (f"{d2a:+.3f} dB -> {verdict(d2a)}" if d2a is not None
-                                                                  else "not run"))
-    if d2a is not None and d1 is not None and "ours_no_shortcut" in by and "bnn" in by:
-        with_sc = d1
-        without_sc = delta("ours_no_shortcut", "bnn")
-        lines.append(f"   prior's gain with shortcuts {with_sc:+.3f} dB, without (ours_no_shortcut - bnn, which also "
-                     f"differs in estimator and curriculum) {without_sc:+.3f} dB")
-    d3 = delta("ours", "ours_no_curriculum")
-    lines.append("3. Curriculum (ours - ours_no_curriculum): " + (f"{d3:+.3f} dB -> {verdict(d3)}" if d3 is not None
-                                                                     else "not run"))
-    d4 = delta("ours", "q5")
-    if d4 is not None:
-        lines.append(f"4. Close to 5-bit (ours - q5): {d4:+.3f} dB; ours - q4: {delta('ours', 'q4'):+.3f} dB; "
-                     f"gap to full precision: {delta('ours', 'fp'):+.3f} dB")
-    return lines
-
-
-def markdown(results: dict) -> str:
-    by = _by_variant(results)
-    sets = results["config"]["eval_sets"]
-    cfg = results["config"]
-    timing = results["step_time_s"]
-    fp = by.get("fp")
-    lines = [f"# SR binarization benchmark, preset `{results['preset']}`", "",
-             f"EDSR x{cfg['scale']}, {cfg['num_feat']} features, {cfg['num_block']} blocks; batch {cfg['batch']}, "
-             f"LR patch {cfg['lr_patch']}, {cfg['iters']} iterations, Adam lr {cfg['lr']} halved at 2/3; training "
-             f"images {' + '.join(cfg['train_sets'])} (LR by bicubic on the fly); Y-channel PSNR/SSIM, border "
-             f"{cfg['scale']} cropped. Paper recipe: {results['paper_recipe']}.",
-             f"Machine: {results['environment']['processor']} ({results['environment']['threads']} threads)"
-             + (f", GPU {results['environment']['cuda']}" if results['environment'].get('cuda') else "")
-             + f"; grid wall time {results['grid_wall_s'] / 60:.1f} min.", "",
-             "| variant | " + " | ".join(f"{s} PSNR / SSIM" for s in sets) + f" | gap to FP ({sets[0]}) | seeds | "
-             "train wall (s) | step time vs FP |",
-             "|---|" + "---|" * (len(sets) + 4)]
-    bic = results["bicubic"]
-    lines.append("| bicubic | " + " | ".join(f"{bic[s]['psnr']:.2f} / {bic[s]['ssim']:.4f}" for s in sets)
-                 + (f" | {bic[sets[0]]['psnr'] - _mean(fp, sets[0], 'psnr'):+.2f}" if fp else " | ") + " | - | - | - |")
-    for v, runs in by.items():
-        cells = []
-        for s in sets:
-            sp = _spread(runs, s)
-            cells.append(f"{_mean(runs, s, 'psnr'):.2f}{f' (±{sp / 2:.2f})' if sp is not None else ''} / "
-                         f"{_mean(runs, s, 'ssim'):.4f}")
-        gap = f"{_mean(runs, sets[0], 'psnr') - _mean(fp, sets[0], 'psnr'):+.2f}" if fp else "-"
-        ratio = f"{timing[v] / timing['fp']:.2f}x" if v in timing and "fp" in timing else "-"
-        wall = statistics.mean(r["wall_s"] for r in runs)
-        lines.append(f"| {v}: {results['variants'][v]['label']} | " + " | ".join(cells)
-                     + f" | {gap} | {len(runs)} | {wall:.0f} | {ratio} |")
-    lines += ["", "(± = half the spread between the two seeds.) Step time: median training step on this machine "
-              f"(batch {cfg['batch']}, LR patch {cfg['lr_patch']}), full precision "
-              f"{timing.get('fp', float('nan')):.3f} s.", "", "## Claims", ""]
-    lines += [f"- {c}" if not c.startswith("   ") else f"  - {c.strip()}" for c in claims(results)]
-    if any(v in by for v in A_SWEEP):
-        lines += ["", "## The prior's half-width a (Adam lr {})".format(cfg["lr"]), "",
-                  f"| a | {sets[0]} PSNR | mean flip ratio per print interval (first / last) |", "|---|---|---|"]
-        for v in A_SWEEP + ("ours_no_prior",):
-            src = v if v in by else ("ours" if v == f"ours_a{cfg['prior_a']:g}" else None)
-            if src and src in by:
-                r0 = by[src][0]
-                fl = r0["flip_curve"]
-                fr = f"{fl[0][1]:.2e} / {fl[-1][1]:.2e}" if fl else "-"
-                label = "none" if v == "ours_no_prior" else v.replace("ours_a", "")
-                lines.append(f"| {label} | {_mean(by[src], sets[0], 'psnr'):.2f} | {fr} |")
-    return "\n".join(lines) + "\n"
-
-
-def plots(results: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    by = _by_variant(results)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    colors = plt.cm.tab20.colors
-    for k, (v, runs) in enumerate(by.items()):
-        curve = runs[0]["val_curve"]
-        if curve:
-            ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", ms=3, label=v,
-                    color=colors[(2 * k) % 20 + (k >= 10)], ls="--" if v in ("fp", "q5", "q4") else "-")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("Set5 PSNR (dB, Y)")
-    ax.set_title(f"validation PSNR, preset {results['preset']}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "val_psnr.png", dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for v in ("ours", "ours_no_prior", "bireal", "bnn", *A_SWEEP):
-        if v in by and by[v][0]["flip_curve"]:
-            curve = by[v][0]["flip_curve"]
-            ax.plot([c[0] for c in curve], [max(c[1], 1e-7) for c in curve], label=v,
-                    ls="-" if "prior" not in v and v not in ("bireal", "bnn") else "--")
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("fraction of weight signs flipped per print interval")
-    ax.set_title("flip ratio with and without the prior (dashed: no prior)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "flip_ratio.png", dpi=120)
-    plt.close(fig)
-
-
-def merge(parts: list[dict]) -> dict:
-    """One result from several runs of the same preset (e.g. more seeds run later): runs are
-    concatenated; the first part's step times and bicubic scores are kept."""
-    base = dict(parts[0])
-    ignore = {"variants", "extra_seeds"}
-    for other in parts[1:]:
-        a = {k: v for k, v in base["config"].items() if k not in ignore}
-        b = {k: v for k, v in other["config"].items() if k not in ignore}
-        if a != b:
-            raise SystemExit(f"cannot merge results of different configurations: {a} vs {b}")
-        keys = {(r["variant"], r["seed"]) for r in base["runs"]}
-        dup = [(r["variant"], r["seed"]) for r in other["runs"] if (r["variant"], r["seed"]) in keys]
-        if dup:
-            raise SystemExit(f"runs present twice: {dup}")
-        base["runs"] = base["runs"] + other["runs"]
-        base["variants"] = {**other["variants"], **base["variants"]}
-        base["step_time_s"] = {**other["step_time_s"], **base["step_time_s"]}
-        base["grid_wall_s"] = base["grid_wall_s"] + other["grid_wall_s"]
-    base["merged_from"] = len(parts)
-    return base
-
-
-def write_outputs(results: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text(markdown(results))
-    plots(results, out)
-
-
 def _override(preset: Preset, items: list[str]) -> Preset:
     """``--set iters=100`` style overrides, for trying a preset at another size."""
-    from dataclasses import fields, replace
-
     types = {f.name: f.type for f in fields(Preset)}
     changes: dict[str, Any] = {}
     for item in items:
         key, _, value = item.partition("=")
         if key not in types:
             raise SystemExit(f"--set: unknown preset field {key!r}; fields: {', '.join(types)}")
-        changes[key] = tuple(value.split(",")) if "tuple" in str(types[key]) else (
-            float(value) if types[key] in ("float", float) else int(value))
+        if "tuple" in str(types[key]):
+            parts = tuple(value.split(",")) if value else ()
+            changes[key] = tuple(int(p) for p in parts) if key == "seeds" else parts
+        else:
+            changes[key] = float(value) if types[key] in ("float", float) else int(value)
     return replace(preset, **changes)
 
 
@@ -535,36 +463,49 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<preset>)")
-    parser.add_argument("--variants", help="comma-separated subset of the preset's variants")
+    parser.add_argument("--variants", help="comma-separated subset of the variants (default: the preset's)")
+    parser.add_argument("--seeds", help="comma-separated seeds for every chosen variant (default: the preset's)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (threads split evenly)")
+    parser.add_argument("--timing", action="store_true", help="only measure step times (idle machine)")
     parser.add_argument("--redraw", type=Path, help="rewrite results.md and the plots from a results.json")
-    parser.add_argument("--seeds", help="comma-separated seeds to run every chosen variant with (default: seed 0, "
-                        "plus seed 1 for the preset's extra_seeds)")
-    parser.add_argument("--merge", type=Path, nargs="+", metavar="RESULTS_JSON",
-                        help="combine the runs of several results.json of the same preset into --out")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="override preset fields (e.g. iters=100); the output says so")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.redraw:
-        results = json.loads(args.redraw.read_text())
-        write_outputs(results, args.redraw.parent)
-        return 0
-    if args.merge:
-        if not args.out:
-            parser.error("--merge needs --out")
-        write_outputs(merge([json.loads(p.read_text()) for p in args.merge]), args.out)
+        write_outputs(json.loads(args.redraw.read_text()), args.redraw.parent)
         return 0
     datasets = Path(os.environ.get("BSR_DATASETS", REPO.parent / "shared" / "datasets"))
     out = (args.out or REPO / "benchmarks" / "results" / args.preset).resolve()
-    only = args.variants.split(",") if args.variants else None
-    if only:
-        unknown = set(only) - set(VARIANTS)
-        if unknown:
-            parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
     preset = _override(PRESETS[args.preset], args.set)
-    name = args.preset + ("+" + ",".join(args.set) if args.set else "")
+    variants = args.variants.split(",") if args.variants else list(preset.variants)
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else None
-    results = run_grid(name, preset, datasets, out, only, seeds)
+    results_path = out / "results.json"
+    previous = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    start = time.time()
+    if args.timing:
+        runs = previous.get("runs", [])
+        step_times = {**previous.get("step_time_s", {}), **timing(preset, datasets, out, variants)}
+    else:
+        runs = run_grid(preset, datasets, out, variants, seeds, args.jobs)
+        step_times = previous.get("step_time_s", {})
+    if args.preset == "smoke" and not step_times:
+        step_times = timing(preset, datasets, out, variants)
+    names = sorted({r["variant"] for r in runs} | set(step_times))
+    results = {
+        "preset": args.preset + ("+" + ",".join(args.set) if args.set else ""), "config": asdict(preset),
+        "variants": {v: variant_for(v, preset) for v in names}, "runs": runs, "step_time_s": step_times,
+        "bicubic": previous.get("bicubic") or bicubic_metrics(datasets, preset.eval_sets, preset.scale),
+        "grid_wall_s": previous.get("grid_wall_s", 0.0) + time.time() - start, "environment": environment(),
+        "distill": DISTILL,
+        "paper_recipe": "EDSR-baseline (64 features, 16 blocks), DIV2K, batch 16, LR patch 48, 300k iterations, "
+                        "lr 2e-4 halved at 200k",
+    }
     write_outputs(results, out)
     print((out / "results.md").read_text())
     return 0
@@ -572,5 +513,3 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

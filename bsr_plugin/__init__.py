@@ -3,51 +3,59 @@ compact uniform prior, real identity shortcuts and pixel-wise curriculum learnin
 Zhang, Lang, Wei and Zhang, "Embarrassingly Simple Binarization for Deep Single Imagery
 Super-Resolution Networks", IEEE TIP 30, 2021.
 
-The core needs only torch, numpy and pyyaml::
+Layers (dependencies run one way, upward): :mod:`bsr_plugin.core` (binarized layers, prior,
+curriculum), :mod:`bsr_plugin.conversion` (``convert``), :mod:`bsr_plugin.deploy` (counts,
+checks, packed files, the CPU engine, ONNX, the ``bsr`` command), and the toolkit
+integrations ``bsr_plugin.basicsr_ext``, ``bsr_plugin.mmcv_ext``, ``bsr_plugin.timm_ext``,
+which load only when imported. This package needs only torch, numpy and pyyaml::
 
     import bsr_plugin
     binary_net = bsr_plugin.convert(float_net)            # or convert(net, prior_a=1e-3, ...)
     print(binary_net.bsr_report)
     print(bsr_plugin.summary(binary_net, (3, 180, 320)))  # FP/binary params, MACs, OPs, storage
     bsr_plugin.export_packed(binary_net, "net.bsrpack")   # 1 bit per binary weight; load_packed()
-
-Toolkit integrations load lazily: ``bsr_plugin.basicsr_ext`` (BasicSR registries, the
-``basicsr`` command), ``bsr_plugin.mmcv_ext`` and ``bsr_plugin.timm_ext``.
 """
 
 from __future__ import annotations
 
 import logging
 
-from .binarizers import binarize_activation, binarize_weight, sign
-from .check import BinaryCheck, check_binary
-from .complexity import LayerSummary, ModelSummary, summary
-from .config import DEFAULT_RULES, BinarizeConfig, ConfigError
-from .convert import ConversionReport, LayerDecision, convert
-from .curriculum import PixelCurriculumL1
-from .layers import BinaryConv2d, BinaryLinear, is_binary
-from .onnx_export import export_onnx
-from .packed import PackedFormatError, PackedInfo, export_packed, load_packed, read_packed
-from .prior import (
+from .conversion import DEFAULT_RULES, BinarizeConfig, ConversionReport, LayerDecision, convert, register_fixup
+from .core import (
+    BinaryConv2d,
+    BinaryLinear,
+    LayerOptions,
+    PixelCurriculumL1,
     UniformPriorLoss,
+    binarize_input,
+    binarize_kernel,
     binary_layers,
     calibrate_scales_,
     flip_ratios,
+    is_binary,
     prior_penalty,
     project_to_prior_,
+    register_binary_layer,
     scale_parameters,
     set_binarization,
+    sign,
 )
+from .deploy.check import BinaryCheck, BinaryCheckError, check_binary
+from .deploy.complexity import LayerSummary, ModelSummary, summary
+from .deploy.onnx_export import export_onnx
+from .deploy.packed import PackedInfo, export_packed, load_packed, read_packed
+from .errors import BsrError, BuilderError, CLIError, ConfigError, OptionsError, PackedFormatError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
-    "BinarizeConfig", "BinaryCheck", "BinaryConv2d", "BinaryLinear", "ConfigError", "ConversionReport",
-    "DEFAULT_RULES", "LayerDecision", "LayerSummary", "ModelSummary", "PackedFormatError", "PackedInfo",
-    "PixelCurriculumL1", "UniformPriorLoss", "binarize_activation", "binarize_weight", "binary_layers",
-    "calibrate_scales_", "check_binary", "convert", "export_onnx", "export_packed", "flip_ratios", "is_binary",
-    "load_packed", "prior_penalty", "project_to_prior_", "read_packed", "scale_parameters", "set_binarization",
-    "sign", "summary", "__version__",
+    "BinarizeConfig", "BinaryCheck", "BinaryCheckError", "BinaryConv2d", "BinaryLinear", "BsrError", "BuilderError",
+    "CLIError", "ConfigError", "ConversionReport", "DEFAULT_RULES", "LayerDecision", "LayerOptions", "LayerSummary",
+    "ModelSummary", "OptionsError", "PackedFormatError", "PackedInfo", "PixelCurriculumL1", "UniformPriorLoss",
+    "binarize_input", "binarize_kernel", "binary_layers", "calibrate_scales_", "check_binary", "convert",
+    "export_onnx", "export_packed", "flip_ratios", "is_binary", "load_packed", "prior_penalty", "project_to_prior_",
+    "read_packed", "register_binary_layer", "register_fixup", "scale_parameters", "set_binarization", "sign",
+    "summary", "__version__",
 ]

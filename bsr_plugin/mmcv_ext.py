@@ -11,10 +11,10 @@ build them like any MMCV layer, with the plugin's options beside the usual argum
     block = ConvModule(64, 64, 3, padding=1, conv_cfg=dict(type="BinaryConv2d"),
                        act_cfg=dict(type="LeakyReLU", negative_slope=0.1))
 
-A float network built from ``ConvModule``\\ s converts with :func:`bsr_plugin.convert`; this
-module's :func:`convert` does the same and also switches off ``ConvModule``'s
-``efficient_conv_bn_eval`` around binarized convs (that mode fuses BN into a float conv on the
-latent weight in eval mode, bypassing binarization).
+A float network built from ``ConvModule``\\ s converts with :func:`bsr_plugin.convert`. Importing
+this module also registers a conversion fixup: every ``convert`` then switches off
+``ConvModule``'s ``efficient_conv_bn_eval`` around binarized convs (that mode fuses BN into a
+float conv on the latent weight in eval mode, bypassing binarization) and notes it in the report.
 
 Needs the ``mmcv`` extra: ``pip install 'bsr_plugin[mmcv]'`` (mmcv-lite and mmengine).
 """
@@ -22,13 +22,13 @@ Needs the ``mmcv`` extra: ``pip install 'bsr_plugin[mmcv]'`` (mmcv-lite and mmen
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any
 
 from torch import nn
 
-from .config import BinarizeConfig
-from .convert import convert as _core_convert
-from .layers import BinaryConv2d, BinaryLinear, is_binary
+from .conversion import ConversionReport, register_fixup
+from .core.layers import BinaryConv2d, BinaryLinear
+from .core.registry import is_binary
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,7 @@ INSTALL_HINT = "pip install 'bsr_plugin[mmcv]'"
 # Registry name -> class. Neither name is one of MMCV's (checked against mmcv-lite 2.2.0).
 REGISTERED: dict[str, type[nn.Module]] = {"BinaryConv2d": BinaryConv2d, "BinaryLinear": BinaryLinear}
 
-__all__ = ["INSTALL_HINT", "REGISTERED", "convert", "disable_efficient_conv_bn_eval_", "models_registry",
-           "register"]
+__all__ = ["INSTALL_HINT", "REGISTERED", "disable_efficient_conv_bn_eval_", "models_registry", "register"]
 
 
 def models_registry() -> Any:
@@ -108,28 +107,15 @@ def disable_efficient_conv_bn_eval_(model: nn.Module) -> list[str]:
     return changed
 
 
-def convert(model: nn.Module, config: BinarizeConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> nn.Module:
-    """:func:`bsr_plugin.convert` for networks built from MMCV ``ConvModule``\\ s.
-
-    The same conversion (ReLUs inside ``ConvModule``\\ s that feed binarized convs become
-    LeakyReLUs, as anywhere), then :func:`disable_efficient_conv_bn_eval_`, noted in the report.
-
-    Args:
-        model: the float network.
-        config: a :class:`~bsr_plugin.BinarizeConfig`, its dict form, or ``None``.
-        **kwargs: ``inplace``, ``example_input`` and config overrides, as for :func:`bsr_plugin.convert`.
-
-    Returns:
-        The binarized network, with ``bsr_report`` and ``bsr_config``.
-    """
-    net = _core_convert(model, config, **kwargs)
-    changed = disable_efficient_conv_bn_eval_(net)
+def _convmodule_fixup(model: nn.Module, report: ConversionReport) -> None:
+    """The conversion fixup this module registers: :func:`disable_efficient_conv_bn_eval_`,
+    noted in the conversion report."""
+    changed = disable_efficient_conv_bn_eval_(model)
     if changed:
         more = " ..." if len(changed) > 4 else ""
-        note = (f"efficient_conv_bn_eval switched off in {len(changed)} ConvModules with binarized convs "
-                f"(it computes a float conv in eval mode): {', '.join(changed[:4])}{more}")
-        net.bsr_report.note(note)
-    return net
+        report.note(f"efficient_conv_bn_eval switched off in {len(changed)} ConvModules with binarized convs "
+                    f"(it computes a float conv in eval mode): {', '.join(changed[:4])}{more}")
 
 
 register()
+register_fixup("mmcv.ConvModule", _convmodule_fixup)

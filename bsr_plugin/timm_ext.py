@@ -26,9 +26,8 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
-from .config import BinarizeConfig
-from .convert import convert
-from .dataflow import default_probe
+from .conversion import BinarizeConfig, convert
+from .conversion.dataflow import default_probe
 
 logger = logging.getLogger(__name__)
 

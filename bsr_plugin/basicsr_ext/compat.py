@@ -4,8 +4,16 @@ files (see docs: environment.md of the project)."""
 from __future__ import annotations
 
 import importlib
+import logging
+import pickle
 import sys
 import types
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import CheckpointError
+
+logger = logging.getLogger(__name__)
 
 
 def patch_torchvision() -> None:
@@ -35,6 +43,66 @@ def import_basicsr() -> types.ModuleType:
             "pip install --no-build-isolation 'bsr_plugin[basicsr]'") from err
 
 
+def safe_torch_load(path: Any, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and containers only,
+    so a crafted checkpoint cannot run code (also under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``,
+    which only changes the default). Every failure is a :class:`CheckpointError` naming the file."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    with p.open("rb") as fh:
+        head = fh.read(8)
+    if head == b"BSRPACK\x00":
+        raise CheckpointError(f"{path} is a packed model file, not a PyTorch checkpoint: load it with "
+                              "bsr_plugin.load_packed (or --packed)")
+    try:
+        return torch.load(str(p), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} cannot be loaded safely: it is not a plain PyTorch checkpoint of tensors "
+                              f"({first[:200]}). bsr_plugin never unpickles code; re-save the state dict with "
+                              "torch.save(net.state_dict(), path)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint (truncated or corrupt?): "
+                              f"{str(err).splitlines()[0][:200] if str(err) else type(err).__name__}") from None
+
+
+def checkpoint_state(path: Any, param_key: Optional[str] = None) -> dict:
+    """The state dict in a BasicSR checkpoint (``{'params': ..., 'params_ema': ...}``) or a
+    plain state dict, loaded safely, ``module.`` prefixes removed. ``param_key``: that key
+    (falling back to ``params`` as BasicSR does); ``None``: ``params_ema`` if present, else
+    ``params``, else the dict itself."""
+    import torch
+
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a state dict")
+    if param_key is not None and param_key not in ckpt and "params" in ckpt:
+        param_key = "params"
+    if param_key is not None:
+        if param_key not in ckpt:
+            raise CheckpointError(f"{path} has no key {param_key!r}; it has {sorted(map(str, ckpt))[:6]}")
+        state = ckpt[param_key]
+    else:
+        state = ckpt.get("params_ema", ckpt.get("params", ckpt))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: no state dict of tensors found (give the key that holds it)")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def _load_network(self, net, load_path, strict=True, param_key="params"):
+    """BasicSR's ``BaseModel.load_network``, loading with :func:`checkpoint_state` (weights only)."""
+    from basicsr.utils import get_root_logger
+
+    net = self.get_bare_model(net)
+    state = checkpoint_state(load_path, param_key)
+    get_root_logger().info(f"Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].")
+    self._print_different_keys_loading(net, state, strict)
+    net.load_state_dict(state, strict=strict)
+
+
 def _load_resume_state(opt: dict) -> dict | None:
     """BasicSR's ``load_resume_state`` with ``map_location`` from the device in use (the
     original always maps to CUDA and fails on a CPU machine)."""
@@ -60,7 +128,7 @@ def _load_resume_state(opt: dict) -> dict | None:
         device = torch.device("cuda", torch.cuda.current_device())
     else:
         device = torch.device("cpu")
-    state = torch.load(path, map_location=device)
+    state = safe_torch_load(path, map_location=device)
     check_resume(opt, state["iter"])
     return state
 
@@ -115,3 +183,4 @@ def patch_runtime() -> None:
     if "model_to_device" not in _ORIGINAL:
         _ORIGINAL["model_to_device"] = BaseModel.model_to_device
         BaseModel.model_to_device = _model_to_device
+    BaseModel.load_network = _load_network

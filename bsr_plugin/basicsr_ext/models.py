@@ -11,6 +11,10 @@ Options under ``train:`` besides SRModel's:
   input magnitude on the first batch into its learned scale (:func:`bsr_plugin.calibrate_scales_`;
   skipped for layers already calibrated, e.g. when resuming or fine-tuning a binary checkpoint).
 * ``pixel_opt`` of type ``CurriculumL1Loss`` gets its progress (iteration / total_iter).
+* ``distill``: distillation from a frozen full-precision teacher (see
+  :mod:`bsr_plugin.basicsr_ext.distill`): ``l_distill_out`` (output L1) and ``l_distill_feat``
+  (normalised features of modules of the same name) join the loss. The teacher is not part of
+  ``net_g``: it is never trained, saved, validated or exported.
 
 Every ``logger.print_freq`` iterations it logs the mean flip ratio of the weight signs since the
 last reading (``flip_ratio``), the curriculum's quantile (``curriculum_q``) and, in one line,
@@ -24,10 +28,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..prior import binary_layers, calibrate_scales_, flip_ratios, project_to_prior_, scale_parameters, set_binarization
-from .compat import import_basicsr
+from ..core.prior import (
+    binary_layers,
+    calibrate_scales_,
+    flip_ratios,
+    project_to_prior_,
+    scale_parameters,
+    set_binarization,
+)
+from ..errors import OptionsError
+from .compat import _load_network, import_basicsr
+from .distill import Distiller, check_distill_options
 
 import_basicsr()
+from basicsr.archs import build_network  # noqa: E402
 from basicsr.losses import build_loss  # noqa: E402
 from basicsr.models.sr_model import SRModel  # noqa: E402
 from basicsr.utils import get_root_logger  # noqa: E402
@@ -36,14 +50,17 @@ SCHEDULE_KEYS = ("act_from_iter", "weight_from_iter")
 
 
 class BinarySRModel(SRModel):
-    """SRModel for binarized networks (prior projection, curriculum, staged binarization)."""
+    """SRModel for binarized networks (prior projection, curriculum, staged binarization,
+    distillation). Checkpoints (``pretrain_network_g``, the teacher) load with weights only."""
+
+    load_network = _load_network
 
     def __init__(self, opt: dict[str, Any]) -> None:
         super().__init__(opt)
         if not any(True for _ in binary_layers(self.get_bare_model(self.net_g))):
-            raise ValueError(f"BinarySRModel needs a binarized network_g, but {opt['network_g'].get('type')!r} has no "
-                             "binarized layer; use type BinarizedArch (with arch: {type: ...}), EDSRBin or "
-                             "MSRResNetBin, or model_type SRModel for a float network")
+            raise OptionsError(f"BinarySRModel needs a binarized network_g, but {opt['network_g'].get('type')!r} has "
+                               "no binarized layer; use type BinarizedArch (with arch: {type: ...}), EDSRBin or "
+                               "MSRResNetBin, or model_type SRModel for a float network")
 
     # -- set-up ---------------------------------------------------------------------------
     def init_training_settings(self) -> None:
@@ -53,16 +70,32 @@ class BinarySRModel(SRModel):
         schedule = dict(train_opt.get("binarize_schedule") or {})
         unknown = set(schedule) - set(SCHEDULE_KEYS)
         if unknown:
-            raise ValueError(f"train.binarize_schedule: unknown keys {sorted(unknown)}; known: {SCHEDULE_KEYS}")
+            raise OptionsError(f"train.binarize_schedule: unknown keys {sorted(unknown)}; known: {SCHEDULE_KEYS}")
         self.act_from = int(schedule.get("act_from_iter", 0))
         self.weight_from = int(schedule.get("weight_from_iter", 0))
         total = int(train_opt["total_iter"])
         for key, value in (("act_from_iter", self.act_from), ("weight_from_iter", self.weight_from)):
             if not 0 <= value <= total:
-                raise ValueError(f"train.binarize_schedule.{key} = {value} lies outside [0, total_iter={total}]")
+                raise OptionsError(f"train.binarize_schedule.{key} = {value} lies outside [0, total_iter={total}]")
         self.total_iter = total
         self.cri_prior = build_loss(train_opt["prior_opt"]).to(self.device) if train_opt.get("prior_opt") else None
+        self.distiller = self._build_distiller(train_opt.get("distill"))
         super().init_training_settings()
+
+    def _build_distiller(self, opt: Any) -> Distiller | None:
+        """The frozen teacher of ``train.distill`` with its weights, on this model's device."""
+        if not opt:
+            return None
+        problems = check_distill_options(opt)
+        if problems:
+            raise OptionsError("; ".join(problems))
+        teacher = build_network(dict(opt["network"])).to(self.device)
+        self.load_network(teacher, opt["pretrain"], opt.get("strict_load", True), opt.get("param_key", "params_ema"))
+        distiller = Distiller(teacher, self.get_bare_model(self.net_g), opt.get("output_weight", 1.0),
+                              opt.get("feature_weight", 0.0), opt.get("features"))
+        get_root_logger().info(f"distilling from a frozen {type(teacher).__name__} teacher ({opt['pretrain']}); "
+                               f"feature terms at {len(distiller.names)} modules")
+        return distiller
 
     def setup_optimizers(self) -> None:
         """Adam (BasicSR's only optimizer) with the learned scales in a group without weight decay."""
@@ -136,6 +169,10 @@ class BinarySRModel(SRModel):
         if self.cri_prior:
             loss_dict["l_prior"] = self.cri_prior(self.get_bare_model(self.net_g))
             l_total = l_total + loss_dict["l_prior"]
+        if self.distiller is not None:
+            for key, value in self.distiller.losses(self.lq, self.output).items():
+                loss_dict[key] = value
+                l_total = l_total + value
         l_total.backward()
         self.optimizer_g.step()
         if self.project_prior:

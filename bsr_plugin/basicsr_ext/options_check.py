@@ -11,7 +11,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from ..config import BinarizeConfig, ConfigError
+from ..conversion import BinarizeConfig
+from ..errors import ConfigError, OptionsError
 from .compat import import_basicsr
 
 TOP_KEYS = {"name", "model_type", "scale", "num_gpu", "manual_seed", "datasets", "network_g", "network_d", "path",
@@ -24,14 +25,10 @@ PATH_KEYS = {"pretrain_network_g", "param_key_g", "strict_load_g", "resume_state
              "param_key_d", "strict_load_d", "ignore_resume_networks", "experiments_root", "models",
              "training_states", "log", "visualization", "results_root"}
 SR_TRAIN_KEYS = {"ema_decay", "optim_g", "scheduler", "total_iter", "warmup_iter", "pixel_opt", "perceptual_opt"}
-BINARY_TRAIN_KEYS = {"prior_opt", "project_prior", "binarize_schedule", "calibrate_scales"}
+BINARY_TRAIN_KEYS = {"prior_opt", "project_prior", "binarize_schedule", "calibrate_scales", "distill"}
 VAL_KEYS = {"val_freq", "save_img", "suffix", "pbar", "metrics"}
 LOGGER_KEYS = {"print_freq", "save_checkpoint_freq", "use_tb_logger", "wandb"}
 SCHEDULERS = ("MultiStepLR", "MultiStepRestartLR", "CosineAnnealingRestartLR")
-
-
-class OptionsError(ValueError):
-    """A BasicSR options file that cannot run as written."""
 
 
 def _unknown(where: str, keys: Iterable[str], known: set[str], problems: list[str]) -> None:
@@ -215,6 +212,37 @@ def _check_train(opt: Mapping[str, Any], problems: list[str]) -> None:
         problems.append("train.total_iter is missing")
     if "train" not in (opt.get("datasets") or {}):
         problems.append("datasets.train is missing")
+    if binary and train.get("distill"):
+        _check_distill(opt, train["distill"], problems)
+
+
+def _check_distill(opt: Mapping[str, Any], distill: Any, problems: list[str]) -> None:
+    """The teacher: its options, its checkpoint, and an output of the student's shape."""
+    from .distill import check_distill_options
+
+    found = check_distill_options(distill)
+    problems.extend(found)
+    if found or not _check_type("train.distill.network", distill["network"], "ARCH", problems):
+        return
+    if not os.path.isfile(os.path.expanduser(distill["pretrain"])):
+        problems.append(f"train.distill.pretrain: the teacher checkpoint {distill['pretrain']!r} does not exist "
+                        "(train the float network first, or point the option at its net_g_*.pth)")
+    if problems:
+        return
+    from basicsr.archs import build_network
+
+    try:
+        teacher, student = build_network(dict(distill["network"])), build_network(dict(opt["network_g"]))
+        channels = next(m.in_channels for m in student.modules() if isinstance(m, torch.nn.Conv2d))
+        probe = torch.rand(1, channels, 16, 16)
+        with torch.no_grad():
+            shapes = tuple(teacher.eval()(probe).shape), tuple(student.eval()(probe).shape)
+    except (ConfigError, KeyError, TypeError, ValueError, RuntimeError, StopIteration) as err:
+        problems.append(f"train.distill.network: cannot build and run it next to network_g: {err}")
+        return
+    if shapes[0] != shapes[1]:
+        problems.append(f"train.distill.network: the teacher's output {shapes[0]} differs from network_g's "
+                        f"{shapes[1]} on a 16x16 input; the teacher needs the same scale and channels")
 
 
 def _message(problems: list[str]) -> str:

@@ -27,7 +27,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .layers import BinaryConv2d, BinaryLinear, is_binary
+from ..core.registry import is_binary
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +45,14 @@ class _FrozenWeight:
         return self.frozen_weight
 
 
-class _FrozenBinaryConv2d(_FrozenWeight, BinaryConv2d):
-    pass
+_FROZEN: dict[type, type] = {}
 
 
-class _FrozenBinaryLinear(_FrozenWeight, BinaryLinear):
-    pass
-
-
-_FROZEN = {BinaryConv2d: _FrozenBinaryConv2d, BinaryLinear: _FrozenBinaryLinear}
+def _frozen_class(cls: type) -> type:
+    """``cls`` computing with a stored weight (one subclass per binarized layer type)."""
+    if cls not in _FROZEN:
+        _FROZEN[cls] = type(f"_Frozen{cls.__name__}", (_FrozenWeight, cls), {"__module__": __name__})
+    return _FROZEN[cls]
 
 
 @torch.no_grad()
@@ -62,16 +62,13 @@ def freeze_for_export(model: nn.Module) -> nn.Module:
     is switched off are refused."""
     off = [n for n, m in model.named_modules() if is_binary(m) and not (m.binarize_act and m.binarize_weight)]
     if off:
-        raise ValueError(f"binarization is switched off in {', '.join(off[:4])}: the exported graph would not be "
+        raise ConfigError(f"binarization is switched off in {', '.join(off[:4])}: the exported graph would not be "
                          "binary. Switch it on: bsr_plugin.set_binarization(model, act=True, weight=True)")
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
     for layer in frozen.modules():
         if is_binary(layer):
-            cls = _FROZEN.get(type(layer))
-            if cls is None:
-                raise TypeError(f"cannot export {type(layer).__name__}: only BinaryConv2d and BinaryLinear are known")
             weight = layer.binary_weight().detach().clone()
-            layer.__class__ = cls
+            layer.__class__ = _frozen_class(type(layer))
             layer.register_buffer("frozen_weight", weight)
     return frozen
 

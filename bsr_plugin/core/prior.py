@@ -19,7 +19,9 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from .layers import BinaryLayerMixin, is_binary
+from ..errors import ConfigError
+from .layers import BinaryLayerMixin
+from .registry import is_binary
 
 
 def binary_layers(model: nn.Module) -> Iterator[tuple[str, BinaryLayerMixin]]:
@@ -82,24 +84,32 @@ def prior_penalty(model: nn.Module, wasserstein: float = 0.0) -> Tensor:
 
 
 class UniformPriorLoss(nn.Module):
-    """The uniform prior as a loss: ``loss_weight * mean(relu(|w| - a)^2)`` over the
+    """The uniform prior as a loss: ``loss_weight * reduce(relu(|w| - a)^2)`` over the
     prior-constrained weights of the model given to ``forward`` (0 inside ``[-a, a]``), plus
-    ``wasserstein`` times the 1-D Wasserstein term.
+    ``wasserstein`` times the 1-D Wasserstein term. It follows BasicSR's loss contract
+    (``loss_weight``, ``reduction``), so the BasicSR integration registers this class as it is.
 
     Args:
         loss_weight: lambda.
+        reduction: ``mean`` (over all prior-constrained weights) | ``sum``.
         wasserstein: weight of the optional distribution term (0 = off).
     """
 
-    def __init__(self, loss_weight: float = 1.0, wasserstein: float = 0.0) -> None:
+    def __init__(self, loss_weight: float = 1.0, reduction: str = "mean", wasserstein: float = 0.0) -> None:
         super().__init__()
         if loss_weight < 0 or wasserstein < 0:
-            raise ValueError("UniformPriorLoss weights must be >= 0")
+            raise ConfigError("UniformPriorLoss: loss_weight and wasserstein must be >= 0")
+        if reduction not in ("mean", "sum"):
+            raise ConfigError(f"UniformPriorLoss: unsupported reduction {reduction!r}; supported: ('mean', 'sum')")
         self.loss_weight = loss_weight
+        self.reduction = reduction
         self.wasserstein = wasserstein
 
     def forward(self, model: nn.Module) -> Tensor:
-        return self.loss_weight * prior_penalty(model, self.wasserstein)
+        loss = self.loss_weight * prior_penalty(model, self.wasserstein)
+        if self.reduction == "sum":
+            loss = loss * sum(layer.weight.numel() for _, layer in prior_layers(model))
+        return loss
 
 
 def flip_ratios(model: nn.Module, update: bool = True) -> dict[str, float]:
@@ -116,22 +126,43 @@ def calibrate_scales_(model: nn.Module, *inputs: Any, force: bool = False) -> li
     activation scale). In a network whose features are large (EDSR scales images to 0..255)
     the binary branches would start negligible next to the skips and stay so. This runs
     ``model(*inputs)`` once on real data and, just before each layer runs, multiplies its
-    learned scale (if not yet calibrated) by ``mean|x|`` of its input, so the layers after it
-    see calibrated outputs; then marks it calibrated (the flag is in the state dict, so
-    resuming or loading a trained binary checkpoint does not calibrate again; loading float
-    weights resets it). Returns the names of the layers calibrated.
+    learned scale by ``mean|x|`` of its input, so the layers after it see calibrated outputs.
+    The factor is kept in the layer's ``calibrated`` buffer (0 = not calibrated), which is in
+    the state dict: resuming or loading a trained binary checkpoint does not calibrate again,
+    loading float weights resets it.
+
+    Args:
+        model: the binarized network.
+        *inputs: one real input batch (as ``model(*inputs)`` takes it).
+        force: recalibrate layers that are already calibrated: their scale first goes back to
+            the uncalibrated value (divided by the stored factor), so calling this twice gives
+            the same scales as calling it once. A layer whose factor is unknown (calibrated by
+            bsr_plugin 0.1, or loaded from a packed file, whose scales are final) cannot be
+            recalibrated: that is a :class:`ConfigError`.
+
+    Returns:
+        The names of the layers calibrated.
     """
-    todo = {name: layer for name, layer in binary_layers(model)
-            if layer.scale is not None and (force or not bool(layer.calibrated))}
-    if not todo:
-        return []
+    layers = {name: layer for name, layer in binary_layers(model) if layer.scale is not None}
+    todo = {name: layer for name, layer in layers.items() if force or not bool(layer.calibrated)}
+    unknown = [n for n, layer in todo.items() if bool(layer.calibrated) and not torch.isfinite(layer.calibrated)]
+    if unknown:
+        raise ConfigError(f"calibrate_scales_(force=True): the uncalibrated scale of {', '.join(unknown[:3])} is "
+                          "not known (calibrated by an older version, or loaded from a packed file whose scales are "
+                          "final); convert the float network again to recalibrate")
+    for layer in todo.values():
+        if bool(layer.calibrated):
+            layer.scale.div_(layer.calibrated)
+            layer.calibrated.zero_()
     done: list[str] = []
     handles = []
     for name, layer in todo.items():
         def hook(mod: nn.Module, args: tuple, name: str = name) -> None:
             if name not in done:  # before the layer runs: what follows sees calibrated outputs
-                mod.scale.mul_(args[0].detach().abs().mean())
-                mod.calibrated.fill_(1)
+                factor = args[0].detach().abs().mean().to(mod.calibrated.dtype)
+                if factor > 0:
+                    mod.scale.mul_(factor)
+                    mod.calibrated.copy_(factor)
                 done.append(name)
         handles.append(layer.register_forward_pre_hook(hook))
     try:
@@ -140,7 +171,7 @@ def calibrate_scales_(model: nn.Module, *inputs: Any, force: bool = False) -> li
     finally:
         for h in handles:
             h.remove()
-    return done
+    return [n for n in done if bool(layers[n].calibrated)]
 
 
 def set_binarization(model: nn.Module, act: Optional[bool] = None, weight: Optional[bool] = None) -> None:

@@ -61,9 +61,11 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .binarizers import weight_scale
-from .layers import TRAINING_BUFFERS, is_binary
-from .packing import pack_signs, packed_size, unpack_signs
+from ..core.binarizers import weight_scale
+from ..core.bits import pack_signs, packed_size, unpack_signs
+from ..core.layers import TRAINING_BUFFERS
+from ..core.registry import is_binary
+from ..errors import PackedFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +86,6 @@ _LAYER_KEYS = ("name", "class", "weight_shape", "scale_mode", "stored_scale", "s
 _TENSOR_KEYS = ("name", "kind", "dtype", "shape", "offset", "nbytes")
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-class PackedFormatError(ValueError):
-    """A packed model file that cannot be loaded as it is: not a packed file, another format
-    version, truncated, corrupt, or not matching the network it is loaded into."""
 
 
 @dataclass
@@ -207,7 +204,7 @@ def export_packed(model: nn.Module, path: PathLike, *, fp16: bool = False) -> Pa
         theoretical += t.numel() * t.element_size()
         float32 += 4 * t.numel()
 
-    from . import __version__
+    from .. import __version__
 
     config = getattr(model, "bsr_config", None)
     arch = getattr(model, "bsr_arch", None)
@@ -297,7 +294,7 @@ def read_packed(path: PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
         raise _refuse(path, f"truncated: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
     _, version, manifest_n, blobs_n = _HEADER.unpack_from(data)
     if version != FORMAT_VERSION:
-        from . import __version__
+        from .. import __version__
 
         raise _refuse(path, f"packed format version {version}, but this bsr_plugin ({__version__}) reads format "
                             f"version {FORMAT_VERSION}; load it with the bsr_plugin version that wrote it, or export "
@@ -329,7 +326,7 @@ def read_packed(path: PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
 
 def _rebuild(path: Any, manifest: dict[str, Any], model: Optional[nn.Module]) -> nn.Module:
     """A fresh binarized network of the file's structure (``model`` itself is not modified)."""
-    from .convert import convert
+    from ..conversion import convert
 
     if model is not None:
         if any(is_binary(m) for m in model.modules()):
@@ -339,7 +336,7 @@ def _rebuild(path: Any, manifest: dict[str, Any], model: Optional[nn.Module]) ->
                                 "structure; pass the binarized network (same structure) as model=")
         return convert(model, manifest["config"])
     if manifest["arch"] is not None and manifest["config"] is not None:
-        from .basicsr_ext.archs import BinarizedArch
+        from ..basicsr_ext.archs import BinarizedArch
 
         return BinarizedArch(manifest["arch"], manifest["config"])
     raise _refuse(path, f"the file does not say how to build its network (it was exported from a "

@@ -30,7 +30,6 @@ needs real values (data-dependent Python) is counted with a real forward pass in
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import math
 from collections import defaultdict
@@ -38,26 +37,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
-from .layers import TRAINING_BUFFERS, is_binary
+from ..core.layers import TRAINING_BUFFERS
+from ..core.registry import is_binary
+from ..core.tracer import WEIGHT_OPS, CallTracer, TraceListener, operands, trace
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 CONVENTIONS = {"bireal64": 64, "xnor8": 8}
 """OPs = FP MACs + binary MACs / divisor, by convention name."""
 
-_CONV = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d}
-_CONV_T = {F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
-_LINEAR = {F.linear}
 
 
 def convention_divisor(convention: str) -> int:
     """The divisor of binary MACs in OPs for ``convention``; a clear error for an unknown name."""
     if convention not in CONVENTIONS:
-        raise ValueError(f"unknown OPs convention {convention!r}; choose one of {sorted(CONVENTIONS)} "
+        raise ConfigError(f"unknown OPs convention {convention!r}; choose one of {sorted(CONVENTIONS)} "
                          "(bireal64: binary MACs / 64, xnor8: binary MACs / 8)")
     return CONVENTIONS[convention]
 
@@ -200,55 +197,37 @@ class ModelSummary:
         return "\n".join(lines)
 
 
-class _MacCounter(TorchFunctionMode):
+class _MacCounter(TraceListener):
     """Counts every conv/linear call's MACs, attributed to the innermost running module."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.stack: list[str] = []
         self.macs: dict[str, int] = defaultdict(int)
         self.calls: dict[str, int] = defaultdict(int)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if func in _CONV or func in _CONV_T or func in _LINEAR:
-            x = args[0] if args else kwargs["input"]
-            w = args[1] if len(args) > 1 else kwargs["weight"]
-            if func in _CONV:  # weight (out, in/groups, *k): each output element costs in/groups * k MACs
-                macs = out.numel() * math.prod(w.shape[1:])
-            elif func in _CONV_T:  # weight (in, out/groups, *k): each input element is spread over as many
-                macs = x.numel() * math.prod(w.shape[1:])
-            else:  # linear: out_features * in_features per token
-                macs = out.numel() * w.shape[-1]
-            scope = self.stack[-1] if self.stack else ""
-            self.macs[scope] += macs
-            self.calls[scope] += 1
-        return out
+    def call(self, tracer: CallTracer, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        kind = WEIGHT_OPS.get(func)
+        if kind is None:
+            return
+        x, w = operands(args, kwargs)
+        if kind == "conv":  # weight (out, in/groups, *k): each output element costs in/groups * k MACs
+            macs = out.numel() * math.prod(w.shape[1:])
+        elif kind == "conv_transpose":  # weight (in, out/groups, *k): each input element is spread over as many
+            macs = x.numel() * math.prod(w.shape[1:])
+        else:  # linear: out_features * in_features per token
+            macs = out.numel() * w.shape[-1]
+        self.macs[tracer.scope] += macs
+        self.calls[tracer.scope] += 1
 
 
 def _count_macs(model: nn.Module, sample: Tensor) -> tuple[dict[str, int], dict[str, int]]:
     """Run ``model(sample)`` (eval mode, no grad) under the counter; ``({module: MACs}, {module: calls})``."""
     counter = _MacCounter()
-    handles = []
-
-    def enter(mod: nn.Module, args: Any, name: str = "") -> None:
-        counter.stack.append(name)
-
-    def leave(mod: nn.Module, args: Any, out: Any) -> None:
-        counter.stack.pop()
-
-    for name, mod in model.named_modules():
-        handles.append(mod.register_forward_pre_hook(functools.partial(enter, name=name)))
-        handles.append(mod.register_forward_hook(leave))
     training = model.training
     model.eval()
     try:
-        with torch.no_grad(), counter:
+        with torch.no_grad(), trace(model, [counter]):
             model(sample)
     finally:
-        for h in handles:
-            h.remove()
         model.train(training)
     batch = max(int(sample.shape[0]), 1) if sample.dim() else 1
     return {k: v // batch for k, v in counter.macs.items()}, dict(counter.calls)
@@ -267,7 +246,7 @@ def _forward_counts(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype
     try:
         return _count_macs(model, torch.rand(shape, dtype=dtype, device=device))
     except Exception as err:
-        raise RuntimeError(f"summary() could not run {type(model).__name__} on an input of shape {shape} "
+        raise ConfigError(f"summary() could not run {type(model).__name__} on an input of shape {shape} "
                            f"({type(err).__name__}: {err}); give an input size the network accepts, e.g. "
                            "(3, 180, 320) for an RGB 320x180 image") from err
 
@@ -289,7 +268,7 @@ def _layer_rows(model: nn.Module) -> dict[str, LayerSummary]:
                 row.binary_params += p.numel()
             else:
                 row.fp_params += p.numel()
-            if not (binary and pname == "scale"):
+            if not binary or pname in ("weight", "bias"):  # scale, RSign, RPReLU: not in the float layer
                 row.float_params += p.numel()
         for bname, b in mod.named_buffers(recurse=False):
             if id(b) in seen or (binary and bname in TRAINING_BUFFERS) or bname in mod._non_persistent_buffers_set:
@@ -319,14 +298,14 @@ def summary(model: nn.Module, input_size: Optional[Sequence[int]] = None, *, sam
     """
     convention_divisor(convention)
     if (input_size is None) == (sample is None):
-        raise ValueError("summary() needs exactly one of input_size=(C, H, W) or sample=<tensor>")
+        raise ConfigError("summary() needs exactly one of input_size=(C, H, W) or sample=<tensor>")
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     if sample is not None:
         shape = tuple(sample.shape)
         per_sample = tuple(shape[1:])
     else:
         if isinstance(input_size, int) or not all(isinstance(s, int) and s > 0 for s in input_size):
-            raise ValueError(f"input_size must be a sequence of positive ints without the batch dimension, "
+            raise ConfigError(f"input_size must be a sequence of positive ints without the batch dimension, "
                              f"e.g. (3, 180, 320); got {input_size!r}")
         per_sample = tuple(input_size)
         shape = (1,) + per_sample

@@ -17,15 +17,16 @@ from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
-WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
+from ..core.registry import float_types
+from ..core.tracer import WEIGHT_OP_NAMES, CallTracer, TraceListener, op_name, trace
+from ..errors import ConfigError
+
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
                nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Softplus, nn.Identity)
 
 # Ops through which a tensor does not carry an identity (a copy of its input) onward.
-BLOCKING_OPS = frozenset({
-    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear",
+BLOCKING_OPS = WEIGHT_OP_NAMES | frozenset({
     "bilinear", "pixel_shuffle", "pixel_unshuffle", "interpolate", "upsample", "upsample_nearest",
     "upsample_bilinear", "grid_sample", "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d",
     "max_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
@@ -95,19 +96,16 @@ def _tensors(obj: Any) -> Iterator[Tensor]:
             yield from _tensors(o)
 
 
-def _op_name(func: Any) -> str:
-    name = getattr(func, "__name__", None) or str(func)
-    return name
+class _Recorder(TraceListener):
+    """Builds the :class:`DataflowGraph`: leaf modules as single nodes, every other torch call
+    that reads a recorded tensor as an op node."""
 
-
-class _Recorder(TorchFunctionMode):
-    def __init__(self, graph: DataflowGraph) -> None:
-        super().__init__()
+    def __init__(self, graph: DataflowGraph, leaf_types: tuple[type, ...]) -> None:
         self.graph = graph
+        self.leaf_types = leaf_types
         self.producer: dict[int, int] = {}
         self.keep: list[Tensor] = []  # keeps ids unique while recording
         self.leaf_depth = 0
-        self.scopes: list[str] = []
         self.pending: list[tuple[list[int], list[tuple[int, ...]]]] = []
 
     def producers(self, objs: Any) -> tuple[list[int], list[tuple[int, ...]]]:
@@ -124,17 +122,30 @@ class _Recorder(TorchFunctionMode):
             self.producer[id(t)] = node.idx
             self.keep.append(t)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+    def enter(self, name: str, module: nn.Module, args: tuple) -> None:
+        if isinstance(module, self.leaf_types):
+            if self.leaf_depth == 0:
+                self.pending.append(self.producers(args))
+            self.leaf_depth += 1
+
+    def exit(self, name: str, module: nn.Module, args: tuple, out: Any) -> None:
+        if isinstance(module, self.leaf_types):
+            self.leaf_depth -= 1
+            if self.leaf_depth == 0:
+                ins, shapes = self.pending.pop()
+                outs = list(_tensors(out))
+                node = self.graph.add(Node(len(self.graph.nodes), "module", name, ins, shapes,
+                                           tuple(outs[0].shape) if outs else None, module=module))
+                self.produced(out, node)
+
+    def call(self, tracer: CallTracer, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         if self.leaf_depth == 0:
             ins, shapes = self.producers((args, kwargs))
             outs = list(_tensors(out))
             if ins and outs:
-                node = self.graph.add(Node(len(self.graph.nodes), "op", _op_name(func), ins, shapes,
-                                           tuple(outs[0].shape), scope=self.scopes[-1] if self.scopes else ""))
+                node = self.graph.add(Node(len(self.graph.nodes), "op", op_name(func), ins, shapes,
+                                           tuple(outs[0].shape), scope=tracer.scope))
                 self.produced(out, node)
-        return out
 
 
 @contextlib.contextmanager
@@ -151,6 +162,12 @@ def _restored_state(model: nn.Module) -> Iterator[None]:
                     v.copy_(buffers[k])
 
 
+def weight_layer_names(model: nn.Module) -> list[str]:
+    """Qualified names of every layer convert() can binarize (registered float types and
+    their subclasses, binarized ones included) in definition order."""
+    return [n for n, m in model.named_modules() if isinstance(m, float_types())]
+
+
 def default_probe(model: nn.Module, size: int = 32) -> Tensor:
     """A random probe input shaped for the first conv or linear layer of ``model``."""
     for m in model.modules():
@@ -160,39 +177,14 @@ def default_probe(model: nn.Module, size: int = 32) -> Tensor:
         if isinstance(m, nn.Linear):
             p = next(m.parameters())
             return torch.randn(2, m.in_features, device=p.device, dtype=p.dtype)
-    raise ValueError(f"{type(model).__name__} holds no Conv2d or Linear layer: nothing to binarize")
+    raise ConfigError(f"{type(model).__name__} holds no Conv2d or Linear layer: nothing to binarize")
 
 
 def record_dataflow(model: nn.Module, example_input: Any, train: bool = True) -> DataflowGraph:
     """Run ``model(example_input)`` once (no grad, in train or eval mode, state restored) and
     record it."""
     graph = DataflowGraph()
-    rec = _Recorder(graph)
-    names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
-    leaf_types = WEIGHT_LAYERS + ACTIVATIONS
-    handles = []
-
-    def pre(mod: nn.Module, args: tuple) -> None:
-        rec.scopes.append(names.get(id(mod), ""))
-        if isinstance(mod, leaf_types):
-            if rec.leaf_depth == 0:
-                rec.pending.append(rec.producers(args))
-            rec.leaf_depth += 1
-
-    def post(mod: nn.Module, args: tuple, out: Any) -> None:
-        rec.scopes.pop()
-        if isinstance(mod, leaf_types):
-            rec.leaf_depth -= 1
-            if rec.leaf_depth == 0:
-                ins, shapes = rec.pending.pop()
-                outs = list(_tensors(out))
-                node = graph.add(Node(len(graph.nodes), "module", names.get(id(mod), ""), ins, shapes,
-                                      tuple(outs[0].shape) if outs else None, module=mod))
-                rec.produced(out, node)
-
-    for m in model.modules():
-        handles.append(m.register_forward_pre_hook(pre))
-        handles.append(m.register_forward_hook(post))
+    rec = _Recorder(graph, float_types() + ACTIVATIONS)
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     for t in _tensors(inputs):
         node = graph.add(Node(len(graph.nodes), "input", "input", [], [], tuple(t.shape)))
@@ -201,11 +193,9 @@ def record_dataflow(model: nn.Module, example_input: Any, train: bool = True) ->
     try:
         with _restored_state(model), torch.no_grad():
             model.train(train)
-            with rec:
+            with trace(model, [rec]):
                 model(*inputs)
     finally:
         for m, mode in modes:
             m.training = mode
-        for h in handles:
-            h.remove()
     return graph

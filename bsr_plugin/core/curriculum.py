@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 MODES = ("hard", "soft", "off")
 NORMALIZE = ("weights", "pixels")
 
@@ -37,13 +39,13 @@ class PixelCurriculumL1(nn.Module):
     def __init__(self, q0: float = 0.5, until: float = 0.5, mode: str = "hard", normalize: str = "weights") -> None:
         super().__init__()
         if not 0 < q0 <= 1:
-            raise ValueError(f"curriculum q0 must lie in (0, 1], got {q0}")
+            raise ConfigError(f"curriculum q0 must lie in (0, 1], got {q0}")
         if not 0 <= until <= 1:
-            raise ValueError(f"curriculum 'until' must lie in [0, 1], got {until}")
+            raise ConfigError(f"curriculum 'until' must lie in [0, 1], got {until}")
         if mode not in MODES:
-            raise ValueError(f"curriculum mode {mode!r} is not one of {MODES}")
+            raise ConfigError(f"curriculum mode {mode!r} is not one of {MODES}")
         if normalize not in NORMALIZE:
-            raise ValueError(f"curriculum normalize {normalize!r} is not one of {NORMALIZE}")
+            raise ConfigError(f"curriculum normalize {normalize!r} is not one of {NORMALIZE}")
         self.q0, self.until, self.mode, self.normalize = q0, until, mode, normalize
         self.progress = 0.0
 

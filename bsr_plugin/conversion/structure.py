@@ -9,6 +9,8 @@ from typing import Any, Callable, Iterable, Optional
 
 from torch import nn
 
+from ..core.registry import float_types, is_binary
+from ..core.tracer import WEIGHT_OP_NAMES
 from .dataflow import (
     ACTIVATIONS,
     ADD_OPS,
@@ -17,11 +19,9 @@ from .dataflow import (
     NONNEGATIVE_OPS,
     SHAPE_OPS,
     UPSAMPLE_OPS,
-    WEIGHT_LAYERS,
     DataflowGraph,
     Node,
 )
-from .layers import is_binary
 
 
 def _passthrough(node: Node) -> bool:
@@ -48,10 +48,10 @@ def input_layers(graph: DataflowGraph, layer_names: Iterable[str]) -> set[str]:
     while stack:
         for j in nodes[stack.pop()].users:
             u = nodes[j]
-            if u.kind == "module" and isinstance(u.module, WEIGHT_LAYERS):
+            if u.kind == "module" and isinstance(u.module, float_types()):
                 if u.target in wanted:
                     found.add(u.target)
-            elif u.kind == "op" and u.target in FUNCTIONAL_WEIGHT_OPS:
+            elif u.kind == "op" and u.target in WEIGHT_OP_NAMES:
                 continue
             elif j not in seen:
                 seen.add(j)
@@ -117,12 +117,9 @@ def nonnegative_feeders(graph: DataflowGraph, layer: str) -> list[Node]:
     return found
 
 
-FUNCTIONAL_WEIGHT_OPS = frozenset({"conv1d", "conv2d", "conv3d", "linear"})
-
-
 def functional_weight_ops(graph: DataflowGraph) -> list[Node]:
     """conv/linear calls made outside any Conv2d/Linear module (they stay full precision)."""
-    return [n for n in graph.nodes if n.kind == "op" and n.target in FUNCTIONAL_WEIGHT_OPS]
+    return [n for n in graph.nodes if n.kind == "op" and n.target in WEIGHT_OP_NAMES]
 
 
 def _min_vertex_cut(path: set[int], edges: dict[int, list[int]], src: int, dst: int, cuttable: set[int],
@@ -205,7 +202,7 @@ def nested_skip_cuts(graph: DataflowGraph, cuttable: set[str], policy: str) -> d
         if n.kind == "module":
             if n.target in cuttable:
                 return "block" if n.target in cuts else "cut"
-            if isinstance(n.module, WEIGHT_LAYERS):
+            if isinstance(n.module, float_types()):
                 return "carry" if is_binary(n.module) and n.module.shortcut != "none" else "block"
             return "carry"
         return "block" if n.target in BLOCKING_OPS else "carry"
@@ -247,8 +244,3 @@ def nested_skip_cuts(graph: DataflowGraph, cuttable: set[str], policy: str) -> d
                 cuts[nodes[n].target] = reason
             break
     return cuts
-
-
-def weight_layer_names(model: nn.Module) -> list[str]:
-    """Qualified names of every Conv2d / Linear (and subclass) in definition order."""
-    return [n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]

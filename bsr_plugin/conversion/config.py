@@ -21,16 +21,15 @@ A rule that matches nothing is an error naming it, unless the pattern ends in ``
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
-from .binarizers import ACT_GRADS, SCALES
+from ..core.options import LayerOptions, check_choice
+from ..errors import ConfigError
 
 ACTIONS = ("binarize", "keep")
 KEYWORDS = ("first", "last", "upsampler")
-SHORTCUT_POLICIES = ("auto", "identity", "none")
 NESTED_SKIPS = ("cut_all", "cut_first", "cut_last", "keep")
 RELU_POLICIES = ("leaky", "identity", "keep")
 
@@ -41,15 +40,6 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     ("keep", "last"),
     ("keep", "upsampler?"),
 )
-
-
-class ConfigError(ValueError):
-    """A binarize configuration that cannot be used as given."""
-
-
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ConfigError(f"binarize.{name}: {value!r} is not one of {choices}")
 
 
 def _parse_rule(rule: Any) -> Rule:
@@ -79,19 +69,15 @@ def _parse_rule(rule: Any) -> Rule:
 
 
 @dataclass(frozen=True)
-class BinarizeConfig:
+class BinarizeConfig(LayerOptions):
     """How :func:`bsr_plugin.convert` binarizes a network (method.md: "Our specification").
 
+    The per-layer fields (``prior_a``, ``act_grad``, ``scale``, ``binarize_act``,
+    ``binarize_weight``, ``shortcut``, ``rsign``, ``rprelu``) are those of
+    :class:`~bsr_plugin.LayerOptions`, validated there; this class adds how the network is
+    rewritten.
+
     Args:
-        prior_a: half-width ``a`` of the compact uniform prior U(-a, a) on every latent
-            weight; ``None`` trains the latent weights unconstrained (plain BNN).
-        act_grad: activation gradient estimator: ``approxsign`` | ``ste`` | ``identity``.
-        scale: per-output-channel weight scale: ``learned`` | ``mean_abs`` | ``none``.
-        binarize_act: binarize activations (1-bit inputs to every binarized layer).
-        binarize_weight: binarize weights.
-        shortcut: real identity shortcut around each binarized layer: ``auto`` (identity, or
-            repeat / mean where channel counts divide), ``identity`` (equal shapes only),
-            ``none``.
         nested_skips: where the network's own skip already spans a binarized layer's shortcut
             (an EDSR block around two shortcut convs would double the signal in every block):
             ``cut_all`` (default) drops every added shortcut on such a path, so shortcuts are
@@ -106,66 +92,27 @@ class BinarizeConfig:
         rules: ordered layer rules, see the module docstring.
     """
 
-    prior_a: Optional[float] = 1e-2
-    act_grad: str = "approxsign"
-    scale: str = "learned"
-    binarize_act: bool = True
-    binarize_weight: bool = True
-    shortcut: str = "auto"
     nested_skips: str = "cut_all"
     relu: str = "leaky"
     leaky_slope: float = 0.1
     rules: tuple[Rule, ...] = field(default=DEFAULT_RULES)
 
     def __post_init__(self) -> None:
-        if self.prior_a is not None:
-            if isinstance(self.prior_a, bool) or not isinstance(self.prior_a, (int, float)) or not self.prior_a > 0:
-                raise ConfigError(f"binarize.prior_a must be a number > 0 (or null for no prior), got {self.prior_a!r}")
-            object.__setattr__(self, "prior_a", float(self.prior_a))
-        _check_choice("act_grad", self.act_grad, ACT_GRADS)
-        _check_choice("scale", self.scale, SCALES)
-        _check_choice("shortcut", self.shortcut, SHORTCUT_POLICIES)
-        _check_choice("nested_skips", self.nested_skips, NESTED_SKIPS)
-        _check_choice("relu", self.relu, RELU_POLICIES)
-        for name in ("binarize_act", "binarize_weight"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"binarize.{name} must be true or false, got {getattr(self, name)!r}")
-        if not 0 <= self.leaky_slope < 1:
+        super().__post_init__()
+        check_choice("nested_skips", self.nested_skips, NESTED_SKIPS)
+        check_choice("relu", self.relu, RELU_POLICIES)
+        if isinstance(self.leaky_slope, bool) or not isinstance(self.leaky_slope, (int, float)) \
+                or not 0 <= self.leaky_slope < 1:
             raise ConfigError(f"binarize.leaky_slope must lie in [0, 1), got {self.leaky_slope!r}")
         if isinstance(self.rules, (str, bytes)) or not isinstance(self.rules, (list, tuple)):
             raise ConfigError(f"binarize.rules must be a list of rules, got {self.rules!r}")
         object.__setattr__(self, "rules", tuple(_parse_rule(r) for r in self.rules))
 
-    # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (YAML/JSON-safe) that :meth:`from_dict` turns back into this config."""
         out = dataclasses.asdict(self)
         out["rules"] = [{action: pattern} for action, pattern in self.rules]
         return out
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
-    def check_keys(cls, keys: Any, where: str = "binarize") -> None:
-        """Raise naming every key that is not a field (with the closest field as a hint)."""
-        names = cls.field_names()
-        for key in keys:
-            if key not in names:
-                hint = difflib.get_close_matches(str(key), names, n=1)
-                tip = f"; did you mean {hint[0]!r}?" if hint else ""
-                raise ConfigError(f"{where}: unknown key {key!r}{tip} Known keys: {', '.join(names)}")
-
-    @classmethod
-    def from_dict(cls, data: Optional[Mapping[str, Any]]) -> BinarizeConfig:
-        """Build from a plain dict; an unknown key is an error that names it."""
-        if data is None:
-            return cls()
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"binarize config must be a mapping, got {type(data).__name__}")
-        cls.check_keys(data.keys())
-        return cls(**dict(data))
 
     def replace(self, **changes: Any) -> BinarizeConfig:
         """A copy with ``changes`` applied; an unknown keyword is an error that names it."""
@@ -174,13 +121,6 @@ class BinarizeConfig:
 
     @classmethod
     def coerce(cls, config: BinarizeConfig | Mapping[str, Any] | None) -> BinarizeConfig:
-        if isinstance(config, cls):
-            return config
-        if config is None or isinstance(config, Mapping):
-            return cls.from_dict(config)
+        if isinstance(config, cls) or config is None or isinstance(config, Mapping):
+            return super().coerce(config)
         raise ConfigError(f"config must be a BinarizeConfig, a dict or None, got {type(config).__name__}")
-
-    def layer_options(self) -> dict[str, Any]:
-        """Keyword arguments shared by every binarized layer built from this config."""
-        return dict(act_grad=self.act_grad, scale=self.scale, prior_a=self.prior_a,
-                    binarize_act=self.binarize_act, binarize_weight=self.binarize_weight)

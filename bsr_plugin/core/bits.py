@@ -1,5 +1,5 @@
-"""Sign bits packed eight to a byte: the one bit-layout shared by the flip-ratio record,
-the packed model file and (later) XNOR-popcount kernels.
+"""Sign bits packed eight to a byte: the one bit-layout shared by the flip-ratio record and
+the packed model file (the CPU engine repacks these bits into 64-bit words per pixel).
 
 Layout: the tensor is flattened in C order (for a conv weight: out, in, kh, kw); element
 ``i`` is bit ``i % 8`` (least significant first) of byte ``i // 8``; the bit is 1 for a
@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 _BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
+_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
 
 
 def packed_size(numel: int) -> int:
@@ -48,3 +49,8 @@ def unpack_signs(packed: Tensor, shape: torch.Size | tuple[int, ...], dtype: tor
         numel *= int(s)
     bits = unpack_bits(packed, numel)
     return torch.where(bits, 1.0, -1.0).to(dtype).view(tuple(shape))
+
+
+def popcount(packed: Tensor) -> int:
+    """Number of set bits in a ``uint8`` tensor."""
+    return int(_POPCOUNT.to(packed.device)[packed.long()].sum())

@@ -9,13 +9,15 @@ import fnmatch
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
-from .config import KEYWORDS, BinarizeConfig, ConfigError
-from .dataflow import WEIGHT_LAYERS, DataflowGraph, default_probe, record_dataflow
-from .layers import BinaryConv2d, BinaryLinear, conv_keeps_size, is_binary, shortcut_for
+from ..core.layers import conv_keeps_size, shortcut_for
+from ..core.registry import binary_type_for, float_types, is_binary
+from ..errors import ConfigError
+from .config import KEYWORDS, BinarizeConfig
+from .dataflow import DataflowGraph, default_probe, record_dataflow, weight_layer_names
 from .structure import (
     functional_weight_ops,
     input_layers,
@@ -23,12 +25,23 @@ from .structure import (
     nonnegative_feeders,
     ordered_layers,
     upsampler_layers,
-    weight_layer_names,
 )
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED = "Conv2d, Linear"
+# Called as fixup(model, report) at the end of every convert(): integrations register what a
+# toolkit's modules need around binarized layers (e.g. mmcv's ConvModule).
+Fixup = Callable[[nn.Module, "ConversionReport"], None]
+_FIXUPS: dict[str, Fixup] = {}
+
+
+def register_fixup(name: str, fixup: Fixup) -> None:
+    """Run ``fixup(model, report)`` at the end of every :func:`convert` (idempotent by name).
+
+    For toolkits whose container modules would bypass a binarized layer (mmcv's
+    ``ConvModule`` with ``efficient_conv_bn_eval``); the fixup notes what it changed in the report.
+    """
+    _FIXUPS[name] = fixup
 
 
 @dataclass
@@ -114,11 +127,12 @@ def _unsupported_hint(model: nn.Module, pattern: str) -> str:
     """Name non-binarizable modules a pattern would have matched, for the error message."""
     hits = []
     for name, mod in model.named_modules():
-        if name and not isinstance(mod, WEIGHT_LAYERS) and _pattern_matches(pattern, [(name, mod)], {}):
+        if name and not isinstance(mod, float_types()) and _pattern_matches(pattern, [(name, mod)], {}):
             hits.append(f"{name} ({type(mod).__name__})")
     if hits:
         shown = ", ".join(hits[:3]) + (" ..." if len(hits) > 3 else "")
-        return f"; it matches only modules that cannot be binarized: {shown}. Binarizable types: {SUPPORTED}"
+        supported = ", ".join(t.__name__ for t in float_types())
+        return f"; it matches only modules that cannot be binarized: {shown}. Binarizable types: {supported}"
     return ""
 
 
@@ -154,9 +168,9 @@ def _swap(module: nn.Module, mapping: dict[int, nn.Module]) -> nn.Module:
 
 
 def _binary_from(layer: nn.Module, options: dict[str, Any]) -> nn.Module:
-    if isinstance(layer, nn.Conv2d):
-        return BinaryConv2d.from_float(layer, **options)
-    return BinaryLinear.from_float(layer, **options)
+    binary_type = binary_type_for(layer)
+    assert binary_type is not None, "weight_layer_names returns registered float types only"
+    return binary_type.from_float(layer, **options)
 
 
 def _static_shortcut(layer: nn.Module, policy: str) -> str:
@@ -196,13 +210,14 @@ def convert(model: nn.Module, config: BinarizeConfig | Mapping[str, Any] | None 
 
     layers = weight_layer_names(model)
     if not layers:
-        raise ValueError(f"{type(model).__name__} holds no Conv2d or Linear layer: nothing to binarize")
+        raise ConfigError(f"{type(model).__name__} holds no layer convert() can binarize "
+                          f"({', '.join(t.__name__ for t in float_types())}): nothing to binarize")
     probe_input = default_probe(model) if example_input is None else example_input
     try:
         graph = record_dataflow(model, probe_input)
         eval_ran = set(record_dataflow(model, probe_input, train=False).executed_modules())
     except Exception as err:
-        raise RuntimeError(
+        raise ConfigError(
             f"convert() could not run a probe forward pass of {type(model).__name__} on an input of shape "
             f"{tuple(getattr(probe_input, 'shape', ()))} ({type(err).__name__}: {err}). Pass a valid input as "
             "convert(model, example_input=...).") from err
@@ -217,6 +232,8 @@ def convert(model: nn.Module, config: BinarizeConfig | Mapping[str, Any] | None 
     model = _swap(model, mapping)
     model.bsr_config = config
     model.bsr_report = report
+    for fixup in _FIXUPS.values():
+        fixup(model, report)
     n_bin = len(report.binarized)
     logger.info("binarized %d of %d conv/linear layers of %s", n_bin, len(report.layers), type(model).__name__)
     return model
@@ -239,7 +256,7 @@ def _plan(model: nn.Module, config: BinarizeConfig, layers: list[str], graph: Da
         cuts = nested_skip_cuts(graph, cuttable, config.nested_skips)
 
     mapping: dict[int, nn.Module] = {}
-    options = config.layer_options()
+    options = config.layer_kwargs()
     for name in layers:
         mod = modules[name]
         binarize, reason = decisions[name]
@@ -259,7 +276,7 @@ def _plan(model: nn.Module, config: BinarizeConfig, layers: list[str], graph: Da
         new = mapping[id(mod)]
         why = reason + (f"; shortcut cut: {cuts[name]}" if name in cuts else "")
         report.layers.append(LayerDecision(name, tname, "binarized", why, new.shortcut))
-        if type(mod) not in WEIGHT_LAYERS and type(mod).forward not in (nn.Conv2d.forward, nn.Linear.forward):
+        if type(mod) not in float_types() and type(mod).forward not in (nn.Conv2d.forward, nn.Linear.forward):
             report.warn(f"{name} is a {tname} with its own forward; the binarized layer computes a plain "
                                 f"{'conv' if isinstance(mod, nn.Conv2d) else 'linear'} op instead")
 

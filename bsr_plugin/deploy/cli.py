@@ -26,9 +26,10 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import PackedFormatError
 from .check import check_binary
 from .complexity import CONVENTIONS, summary
-from .packed import PackedFormatError, export_packed, load_packed
+from .packed import export_packed, load_packed
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def _read_options(path: str) -> dict[str, Any]:
 def network_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Build ``network_g`` of a BasicSR options file: the plugin's binarized architectures
     (``BinarizedArch``, ``EDSRBin``, ``MSRResNetBin``) or any float BasicSR architecture."""
-    from .basicsr_ext import archs
+    from ..basicsr_ext import archs
 
     kwargs = dict(spec)
     arch_type = kwargs.pop("type", None)
@@ -215,7 +216,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(rest: Sequence[str]) -> int:
-    from .basicsr_ext.demo import main as demo_main
+    from ..basicsr_ext.demo import main as demo_main
 
     return demo_main(list(rest))
 

@@ -34,8 +34,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-ACT_GRADS = ("approxsign", "ste", "identity")
-SCALES = ("learned", "mean_abs", "none")
+from ..errors import ConfigError
+from .options import ACT_GRADS, SCALES, check_choice
 
 
 def sign(x: Tensor) -> Tensor:
@@ -77,15 +77,14 @@ class _SignAct(torch.autograd.Function):
         return _act_grad_input(x, g, ctx.kind), None
 
 
-def binarize_activation(x: Tensor, act_grad: str = "approxsign") -> Tensor:
+def binarize_input(x: Tensor, act_grad: str = "approxsign") -> Tensor:
     """Binarize activations to exactly +-1.
 
     Forward: ``sign(x)`` (+1 at 0). Gradient: ``approxsign`` -> ``g * (2 - 2|x|)`` on
     ``|x| < 1`` else 0; ``ste`` -> ``g`` on ``|x| <= 1`` else 0; ``identity`` -> ``g``.
     Without autograd (inference, export) this is the plain ``sign`` with no saved tensors.
     """
-    if act_grad not in ACT_GRADS:
-        raise ValueError(f"unknown act_grad {act_grad!r}; choose one of {ACT_GRADS}")
+    check_choice("act_grad", act_grad, ACT_GRADS)
     if not (torch.is_grad_enabled() and x.requires_grad):
         return sign(x)
     return _SignAct.apply(x, act_grad)
@@ -118,16 +117,16 @@ def weight_scale(weight: Tensor, scale: str, learned: Optional[Tensor]) -> Optio
     view = (-1,) + (1,) * (weight.dim() - 1)
     if scale == "learned":
         if learned is None:
-            raise ValueError("scale='learned' needs the learned scale parameter")
+            raise ConfigError("scale='learned' needs the learned scale parameter")
         return learned.view(view)
     if scale == "mean_abs":
         return weight.detach().abs().flatten(1).mean(1).view(view)
     if scale == "none":
         return None
-    raise ValueError(f"unknown scale {scale!r}; choose one of {SCALES}")
+    raise ConfigError(f"binarize.scale: {scale!r} is not one of {SCALES}")
 
 
-def binarize_weight(
+def binarize_kernel(
     weight: Tensor, scale: str = "learned", learned: Optional[Tensor] = None, clip: Optional[float] = None
 ) -> Tensor:
     """Binarize a weight to ``+-alpha`` per output channel.

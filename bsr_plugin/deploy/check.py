@@ -1,6 +1,6 @@
 """``check_binary(model, sample)``: a runtime proof that binarized layers are binary.
 
-It runs one real forward pass and intercepts, with a ``TorchFunctionMode``, the conv/linear
+It runs one real forward pass under the package's call tracer and inspects the conv/linear
 call each binarized layer makes: the operands that reach the kernel, not what the layer says
 about itself. A layer passes when its input holds only +-1 and every output channel of its
 weight holds only ``+alpha_c`` / ``-alpha_c`` with ``alpha_c > 0``. It names every layer that
@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
-from .prior import binary_layers
+from ..core.prior import binary_layers
+from ..core.tracer import WEIGHT_OPS, CallTracer, TraceListener, operands, trace
+from ..errors import BsrError
 
-_KERNELS = {F.conv2d, torch.conv2d, F.linear}
+
+class BinaryCheckError(BsrError, AssertionError):
+    """A network whose binarized layers did not all compute with +-1 inputs and +-alpha weights."""
 
 
 @dataclass
@@ -52,11 +54,12 @@ class BinaryCheck:
         return [n for n, c in self.layers.items() if c.constant_input]
 
     def raise_if_failed(self) -> BinaryCheck:
+        """Raise :class:`BinaryCheckError` naming every layer that failed (or if there is none)."""
         if not self.layers:
-            raise AssertionError("the model holds no binarized layer")
+            raise BinaryCheckError("the model holds no binarized layer")
         if self.failures:
             lines = [f"  {n}: {'; '.join(p)}" for n, p in self.failures.items()]
-            raise AssertionError("layers that did not compute in binary:\n" + "\n".join(lines))
+            raise BinaryCheckError("layers that did not compute in binary:\n" + "\n".join(lines))
         return self
 
     def __str__(self) -> str:
@@ -84,53 +87,40 @@ def _check_operands(x: Tensor, w: Tensor) -> list[str]:
     return problems
 
 
-class _Interceptor(TorchFunctionMode):
+class _OperandCheck(TraceListener):
+    """Checks the operands of the first conv/linear call each binarized layer makes itself."""
+
     def __init__(self, results: dict[str, LayerCheck]) -> None:
-        super().__init__()
         self.results = results
-        self.stack: list[str] = []
         self.seen: set[str] = set()
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _KERNELS and self.stack and self.stack[-1] not in self.seen:
-            name = self.stack[-1]
+    def enter(self, name: str, module: nn.Module, args: tuple) -> None:
+        check = self.results[name]
+        check.calls += 1
+        if not (module.binarize_act and module.binarize_weight):
+            off = [k for k in ("act", "weight") if not getattr(module, f"binarize_{k}")]
+            msg = f"binarization switched off: {', '.join(off)}"
+            if msg not in check.problems:
+                check.problems.append(msg)
+
+    def exit(self, name: str, module: nn.Module, args: tuple, out: Any) -> None:
+        self.seen.discard(name)
+
+    def call(self, tracer: CallTracer, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        name = tracer.scope
+        if func in WEIGHT_OPS and name in self.results and name not in self.seen:
             self.seen.add(name)
-            x = args[0] if args else kwargs["input"]
-            w = args[1] if len(args) > 1 else kwargs["weight"]
+            x, w = operands(args, kwargs)
             check = self.results[name]
             check.problems.extend(p for p in _check_operands(x, w) if p not in check.problems)
             check.constant_input = check.constant_input or bool((x == x.flatten()[0]).all())
-        return func(*args, **kwargs)
 
 
 @torch.no_grad()
 def check_binary(model: nn.Module, sample: Any) -> BinaryCheck:
     """Run ``model(sample)`` once (in its current mode) and check every binarized layer."""
-    layers = dict(binary_layers(model))
-    results = {n: LayerCheck(n) for n in layers}
-    mode = _Interceptor(results)
-    handles = []
-    for name, layer in layers.items():
-        def pre(mod, args, name=name):
-            mode.stack.append(name)
-            results[name].calls += 1
-            if not (mod.binarize_act and mod.binarize_weight):
-                off = [k for k in ("act", "weight") if not getattr(mod, f"binarize_{k}")]
-                msg = f"binarization switched off: {', '.join(off)}"
-                if msg not in results[name].problems:
-                    results[name].problems.append(msg)
-
-        def post(mod, args, out, name=name):
-            mode.stack.pop()
-            mode.seen.discard(name)
-
-        handles.append(layer.register_forward_pre_hook(pre))
-        handles.append(layer.register_forward_hook(post))
-    try:
-        with mode:
-            model(*(sample if isinstance(sample, tuple) else (sample,)))
-    finally:
-        for h in handles:
-            h.remove()
+    layers = list(binary_layers(model))
+    results = {n: LayerCheck(n) for n, _ in layers}
+    with trace(model, [_OperandCheck(results)], modules=layers):
+        model(*(sample if isinstance(sample, tuple) else (sample,)))
     return BinaryCheck(results)

@@ -1,0 +1,1 @@
+"""Deploy: what a trained binarized network becomes (placeholder; filled by the layout change)."""
