@@ -40,11 +40,12 @@ from .core import (
     set_binarization,
     sign,
 )
+from .deploy.builders import register_builder
 from .deploy.check import BinaryCheck, BinaryCheckError, check_binary
 from .deploy.complexity import LayerSummary, ModelSummary, summary
 from .deploy.onnx_export import export_onnx
 from .deploy.packed import PackedInfo, export_packed, load_packed, read_packed
-from .errors import BsrError, BuilderError, CLIError, ConfigError, OptionsError, PackedFormatError
+from .errors import BsrError, BuilderError, CheckpointError, CLIError, ConfigError, OptionsError, PackedFormatError
 
 __version__ = "0.2.0"
 
@@ -52,10 +53,10 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "BinarizeConfig", "BinaryCheck", "BinaryCheckError", "BinaryConv2d", "BinaryLinear", "BsrError", "BuilderError",
-    "CLIError", "ConfigError", "ConversionReport", "DEFAULT_RULES", "LayerDecision", "LayerOptions", "LayerSummary",
-    "ModelSummary", "OptionsError", "PackedFormatError", "PackedInfo", "PixelCurriculumL1", "UniformPriorLoss",
-    "binarize_input", "binarize_kernel", "binary_layers", "calibrate_scales_", "check_binary", "convert",
-    "export_onnx", "export_packed", "flip_ratios", "is_binary", "load_packed", "prior_penalty", "project_to_prior_",
-    "read_packed", "register_binary_layer", "register_fixup", "scale_parameters", "set_binarization", "sign",
-    "summary", "__version__",
+    "CheckpointError", "CLIError", "ConfigError", "ConversionReport", "DEFAULT_RULES", "LayerDecision",
+    "LayerOptions", "LayerSummary", "ModelSummary", "OptionsError", "PackedFormatError", "PackedInfo",
+    "PixelCurriculumL1", "UniformPriorLoss", "binarize_input", "binarize_kernel", "binary_layers",
+    "calibrate_scales_", "check_binary", "convert", "export_onnx", "export_packed", "flip_ratios", "is_binary",
+    "load_packed", "prior_penalty", "project_to_prior_", "read_packed", "register_binary_layer", "register_builder",
+    "register_fixup", "scale_parameters", "set_binarization", "sign", "summary", "__version__",
 ]

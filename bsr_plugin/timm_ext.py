@@ -28,6 +28,7 @@ from torch import nn
 
 from .conversion import BinarizeConfig, convert
 from .conversion.dataflow import default_probe
+from .errors import BuilderError
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +97,45 @@ def create_binarized_model(model_name: str, binarize: BinarizeConfig | Mapping[s
         raise
     probe = probe_input(model) if example_input is None else example_input
     net = convert(model, binarize, inplace=True, example_input=probe)
+    net.bsr_build = {"builder": "timm", "spec": {"model_name": model_name, "kwargs": _json_kwargs(timm_kwargs)}}
     logger.info("%s: binarized %d, kept %d conv/linear layers", model_name, len(net.bsr_report.binarized),
                 len(net.bsr_report.kept))
     return net
+
+
+def _json_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments a packed file can record (numbers, strings, lists, dicts)."""
+    import json
+
+    out = {}
+    for key, value in kwargs.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            logger.warning("timm keyword %s=%r cannot be recorded in a packed file; pass the network to load it "
+                           "(load_packed(path, model=...))", key, value)
+            continue
+        out[key] = value
+    return out
+
+
+def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
+    """The ``timm`` builder: ``timm.create_model(spec["model_name"], pretrained=False,
+    **spec["kwargs"])``, the float network a packed file's config binarizes again."""
+    try:
+        timm = import_timm()
+    except ImportError as err:
+        raise BuilderError(str(err)) from None
+    if not isinstance(spec.get("model_name"), str) or not isinstance(spec.get("kwargs", {}), dict):
+        raise BuilderError(f"a timm spec is {{model_name: str, kwargs: {{...}}}}, got {str(spec)[:200]}")
+    return timm.create_model(spec["model_name"], pretrained=False, **spec.get("kwargs", {}))
+
+
+def register_builder() -> None:
+    """Register the ``timm`` network builder (the entry point ``bsr_plugin.builders``)."""
+    from .deploy.builders import register_builder as register
+
+    register("timm", build_from_spec, description="a timm model name and its keyword arguments")
 
 
 def _entrypoint(name: str, model_name: str, config: BinarizeConfig) -> Callable[..., nn.Module]:

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from bsr_plugin.binarizers import ACT_GRADS, binarize_activation, binarize_weight, sign
+from bsr_plugin.core.binarizers import binarize_input, binarize_kernel, sign
+from bsr_plugin.core.options import ACT_GRADS
 
 floats = st.floats(min_value=-4, max_value=4, allow_nan=False, width=32)
 vectors = arrays("float32", st.integers(1, 64), elements=floats)
@@ -34,7 +35,7 @@ def test_sign_of_zero_is_plus_one():
 @given(x=vectors)
 def test_activation_forward_and_gradient(kind, x):
     t = torch.from_numpy(x).requires_grad_()
-    y = binarize_activation(t, kind)
+    y = binarize_input(t, kind)
     assert set(y.detach().unique().tolist()) <= {-1.0, 1.0}
     g = torch.randn_like(t)
     y.backward(g)
@@ -49,9 +50,9 @@ def test_activation_forward_and_gradient(kind, x):
 
 def test_activation_without_grad_is_plain_sign():
     x = torch.randn(100)
-    assert torch.equal(binarize_activation(x), sign(x))
-    with pytest.raises(ValueError, match="unknown act_grad"):
-        binarize_activation(x, "tanh")
+    assert torch.equal(binarize_input(x), sign(x))
+    with pytest.raises(ValueError, match="binarize.act_grad: 'tanh' is not one of"):
+        binarize_input(x, "tanh")
 
 
 @pytest.mark.parametrize("scale", ["learned", "mean_abs", "none"])
@@ -60,7 +61,7 @@ def test_activation_without_grad_is_plain_sign():
 def test_weight_values_are_plus_minus_alpha(scale, w, clip):
     wt = torch.from_numpy(w).requires_grad_()
     learned = (torch.rand(w.shape[0]) + 0.1).requires_grad_() if scale == "learned" else None
-    b = binarize_weight(wt, scale, learned, clip)
+    b = binarize_kernel(wt, scale, learned, clip)
     alpha = {"learned": learned, "mean_abs": wt.detach().abs().flatten(1).mean(1),
              "none": torch.ones(w.shape[0])}[scale].detach()
     flat = b.detach().flatten(1)
@@ -75,7 +76,7 @@ def test_weight_values_are_plus_minus_alpha(scale, w, clip):
 def test_weight_gradient_is_identity_inside_support(w, clip):
     wt = torch.from_numpy(w).requires_grad_()
     alpha = (torch.rand(w.shape[0]) + 0.1).requires_grad_()
-    b = binarize_weight(wt, "learned", alpha, clip)
+    b = binarize_kernel(wt, "learned", alpha, clip)
     g = torch.randn_like(b)
     b.backward(g)
     mask = torch.ones_like(wt) if clip is None else (wt.detach().abs() <= clip).float()

@@ -14,7 +14,7 @@ import yaml
 
 from bsr_plugin import binary_layers, load_packed
 from bsr_plugin.basicsr_ext.archs import EDSRBin
-from bsr_plugin.cli import main
+from bsr_plugin.deploy.cli import main
 
 NET = dict(type="EDSRBin", num_feat=8, num_block=1, upscale=2)
 
@@ -111,7 +111,7 @@ def test_clear_errors(files, capsys):
 
 
 def test_console_entry_point_help():
-    proc = subprocess.run([sys.executable, "-m", "bsr_plugin.cli", "--help"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "bsr_plugin.deploy.cli", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0
     for command in ("summary", "export", "run", "check", "demo"):

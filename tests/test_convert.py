@@ -11,14 +11,12 @@ from torch import nn
 import bsr_plugin
 from bsr_plugin import BinaryConv2d, ConfigError, check_binary, convert, is_binary
 
-from .nets import assert_converted_network_works, assert_initialised_from, basicsr_archs
-
-ARCHS = basicsr_archs()
+from .nets import BASICSR_ARCHS, assert_converted_network_works, assert_initialised_from, basicsr_arch, needs_basicsr
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("arch", BASICSR_ARCHS)
 def test_convert_basicsr_networks(arch):
-    float_net = ARCHS[arch]()
+    float_net = basicsr_arch(arch)
     net = convert(float_net)
     report = net.bsr_report
     keep_rules = ("rule keep: first", "rule keep: last", "rule keep: upsampler?")
@@ -30,6 +28,7 @@ def test_convert_basicsr_networks(arch):
 
 
 def test_upsampler_and_first_last_found_in_edsr():
+    needs_basicsr()
     from basicsr.archs.edsr_arch import EDSR
 
     net = convert(EDSR(3, 3, num_feat=8, num_block=2, upscale=4))
@@ -42,6 +41,7 @@ def test_upsampler_and_first_last_found_in_edsr():
 
 
 def test_binarize_upsampler_rule_uses_repeat_shortcut():
+    needs_basicsr()
     from basicsr.archs.edsr_arch import EDSR
 
     net = convert(EDSR(3, 3, num_feat=8, num_block=1, upscale=2),
@@ -52,6 +52,7 @@ def test_binarize_upsampler_rule_uses_repeat_shortcut():
 def test_no_doubling_through_nested_skips():
     """With every binary branch zeroed, EDSR's body is exactly the identity: the converter did
     not stack a shortcut on top of a block's own skip (which would give 2**16 over 16 blocks)."""
+    needs_basicsr()
     from basicsr.archs.edsr_arch import EDSR
 
     net = convert(EDSR(3, 3, num_feat=8, num_block=16, upscale=2))
@@ -66,6 +67,7 @@ def test_no_doubling_through_nested_skips():
 
 
 def test_relu_before_binarized_layer_is_replaced():
+    needs_basicsr()
     from basicsr.archs.edsr_arch import EDSR
 
     net = convert(EDSR(3, 3, num_feat=8, num_block=2, upscale=2))
@@ -97,7 +99,7 @@ def test_plain_sequential():
 
 
 def test_linear_layers_of_swinir_when_asked():
-    float_net = ARCHS["SwinIR"]()
+    float_net = basicsr_arch("SwinIR")
     net = convert(float_net, rules=list(bsr_plugin.DEFAULT_RULES) + [("binarize", "type:Linear")])
     names = net.bsr_report.binarized
     assert any(n.endswith("attn.qkv") for n in names) and any(n.endswith("mlp.fc2") for n in names)
@@ -105,6 +107,7 @@ def test_linear_layers_of_swinir_when_asked():
 
 
 def test_convert_twice_never_double_wraps():
+    needs_basicsr()
     from basicsr.archs.edsr_arch import EDSR
 
     once = convert(EDSR(3, 3, num_feat=8, num_block=2, upscale=2))
@@ -124,7 +127,7 @@ def test_inplace_and_copy():
 
 
 def test_float_checkpoint_loads_into_converted_network():
-    make = ARCHS["EDSR"]
+    make = lambda: basicsr_arch("EDSR")  # noqa: E731
     float_net = make()
     net = convert(make())  # other random init
     net.load_state_dict(float_net.state_dict())
@@ -132,7 +135,7 @@ def test_float_checkpoint_loads_into_converted_network():
 
 
 def test_converted_checkpoint_round_trip(tmp_path):
-    make = ARCHS["RCAN"]
+    make = lambda: basicsr_arch("RCAN")  # noqa: E731
     net = convert(make())
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     net(torch.rand(2, 3, 8, 8)).mean().backward()
@@ -146,7 +149,7 @@ def test_converted_checkpoint_round_trip(tmp_path):
 
 
 def test_report_lists_every_layer_with_reason():
-    float_net = ARCHS["MSRResNet"]()
+    float_net = basicsr_arch("MSRResNet")
     net = convert(float_net)
     names = [n for n, m in float_net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert [d.name for d in net.bsr_report.layers] == names
@@ -199,7 +202,7 @@ def test_probe_failure_asks_for_example_input():
         def forward(self, x, y):
             return self.conv(x) + y
 
-    with pytest.raises(RuntimeError, match="example_input"):
+    with pytest.raises(bsr_plugin.ConfigError, match="example_input"):
         convert(NeedsTwo())
     net = convert(NeedsTwo(), example_input=(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 6, 6)),
                   rules=[("binarize", "conv")])
@@ -207,7 +210,7 @@ def test_probe_failure_asks_for_example_input():
 
 
 def test_deepcopy_of_converted_network():
-    net = convert(ARCHS["EDSR"]())
+    net = convert(basicsr_arch("EDSR"))
     clone = copy.deepcopy(net)
     x = torch.rand(1, 3, 8, 8)
     assert torch.equal(net.eval()(x), clone.eval()(x))
@@ -237,6 +240,7 @@ def test_parallel_stems_are_all_first():
     ("cut_all", ["none", "none"]), ("cut_first", ["none", "identity"]), ("cut_last", ["identity", "none"]),
     ("keep", ["identity", "identity"])])
 def test_nested_skip_policies_on_an_edsr_block(policy, expected):
+    needs_basicsr()
     from basicsr.archs.edsr_arch import EDSR
 
     net = convert(EDSR(3, 3, num_feat=8, num_block=1, upscale=2), nested_skips=policy,
@@ -245,5 +249,5 @@ def test_nested_skip_policies_on_an_edsr_block(policy, expected):
 
 
 def test_shortcuts_stay_where_the_network_has_no_skip():
-    net = convert(ARCHS["SRVGGNetCompact"]())
+    net = convert(basicsr_arch("SRVGGNetCompact"))
     assert {net.bsr_report.decision(n).shortcut for n in net.bsr_report.binarized} == {"identity"}

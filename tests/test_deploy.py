@@ -4,6 +4,7 @@ runtime proof that binarized layers are binary."""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,8 +25,8 @@ from bsr_plugin import (
     summary,
 )
 from bsr_plugin.basicsr_ext.archs import EDSRBin
-from bsr_plugin.config import DEFAULT_RULES
-from bsr_plugin.packing import pack_signs, packed_size, unpack_bits
+from bsr_plugin.conversion.config import DEFAULT_RULES
+from bsr_plugin.core.bits import pack_signs, packed_size, unpack_bits
 
 UPSAMPLER_RULES = [{a: p} for a, p in DEFAULT_RULES] + [{"keep": "conv_after_body"}, {"binarize": "upsampler"}]
 
@@ -181,13 +182,15 @@ def test_packed_size_edsr_baseline_x4_upsampler_binarized(tmp_path):
 def test_packed_round_trip_bit_exact_edsr_baseline_x4(edsr_x4, tmp_path):
     path = tmp_path / "edsr_x4.bsrpack"
     export_packed(edsr_x4, path)
-    loaded = load_packed(path)
-    assert not loaded.training
+    loaded = load_packed(path, engine="float")
+    assert not loaded.training and loaded.bsr_engine == "float simulation"
     x = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(loaded(x), edsr_x4(x))
+        # the packed engine (or, without the extension, its float simulation) computes the same network
+        torch.testing.assert_close(load_packed(path, engine="packed")(x), edsr_x4(x), rtol=1e-5, atol=1e-5)
     check_binary(loaded, x).raise_if_failed()
-    assert loaded.bsr_config == edsr_x4.bsr_config and loaded.bsr_arch == edsr_x4.bsr_arch
+    assert loaded.bsr_config == edsr_x4.bsr_config and loaded.bsr_build == edsr_x4.bsr_build
 
 
 @pytest.mark.parametrize("scale", ["learned", "mean_abs", "none"])
@@ -196,7 +199,7 @@ def test_packed_round_trip_scale_modes(scale, tmp_path):
                                  binarize={"rules": UPSAMPLER_RULES, "scale": scale, "prior_a": 0.05}))
     path = tmp_path / f"{scale}.bsrpack"
     export_packed(net, path)
-    loaded = load_packed(path)
+    loaded = load_packed(path, engine="float")
     x = torch.rand(2, 3, 9, 11)
     with torch.no_grad():
         assert torch.equal(loaded(x), net(x))
@@ -218,14 +221,14 @@ def test_packed_round_trip_float_skeleton_without_basicsr(tmp_path):
         load_packed(path)
     skeleton = _Tiny()
     before = {k: v.clone() for k, v in skeleton.state_dict().items()}
-    loaded = load_packed(path, model=skeleton)
+    loaded = load_packed(path, model=skeleton, engine="float")
     x = torch.randn(1, 3, 6, 5)
     with torch.no_grad():
         assert torch.equal(loaded(x), net(x))
     assert all(torch.equal(before[k], v) for k, v in skeleton.state_dict().items())  # skeleton untouched
     # an already binarized skeleton of the same structure works too; one of another structure is refused
     with torch.no_grad():
-        assert torch.equal(load_packed(path, model=convert(_Tiny(), net.bsr_config))(x), net(x))
+        assert torch.equal(load_packed(path, model=convert(_Tiny(), net.bsr_config), engine="float")(x), net(x))
     with pytest.raises(PackedFormatError, match="binarized in the file but not in the network: mix"):
         load_packed(path, model=convert(_Tiny()))
 
@@ -307,7 +310,7 @@ def _set_version(data, version):
     (lambda d: d[: len(d) - 100], "truncated"),
     (lambda d: d[:20], "truncated"),
     (lambda d: d + b"\0", "trailing bytes"),
-    (lambda d: _set_version(d, 2), r"format version 2, but this bsr_plugin \(.*\) reads format version 1"),
+    (lambda d: _set_version(d, 3), r"format version 3, but this bsr_plugin \(.*\) reads format versions 1, 2"),
     (lambda d: b"PK\x03\x04" + d[4:], "not a bsr_plugin packed model"),
 ])
 def test_load_refuses_damaged_files(small_pack, tmp_path, edit, message):
@@ -387,3 +390,22 @@ def test_top_level_api():
     for name in ("summary", "export_packed", "load_packed", "export_onnx", "PackedFormatError", "check_binary"):
         assert hasattr(bsr_plugin, name), name
     assert issubclass(PackedFormatError, ValueError)
+
+
+# -- files written by bsr_plugin 0.1 (format version 1) ---------------------------------------
+def _v1_sequential() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 3, 3, padding=1))
+
+
+def test_format_version_1_files_still_load():
+    data = Path(__file__).parent / "data"
+    expected = torch.load(data / "v1_outputs.pt", weights_only=True)
+    x = expected["input"]
+    for name, model in (("edsr_tiny_x2_v1", None), ("seq_v1", _v1_sequential())):
+        with torch.no_grad():
+            simulated = load_packed(data / f"{name}.bsrpack", model=model, engine="float")(x)
+            engine = load_packed(data / f"{name}.bsrpack", model=model, engine="packed")(x)
+        assert torch.equal(simulated, expected[name]), name
+        torch.testing.assert_close(engine, expected[name], rtol=1e-5, atol=1e-5)

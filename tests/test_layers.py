@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from bsr_plugin import BinaryConv2d, BinaryLinear
-from bsr_plugin.packing import pack_signs, unpack_signs
+from bsr_plugin.core.bits import pack_signs, unpack_signs
 
 CONV_CASES = [
     dict(in_channels=4, out_channels=6, kernel_size=3, padding=1),
@@ -114,12 +114,21 @@ def test_binary_state_dict_round_trip():
 
 
 def test_bad_layer_options():
-    with pytest.raises(ValueError, match="half-width"):
-        BinaryConv2d(4, 4, 3, prior_a=0)
-    with pytest.raises(ValueError, match="unknown scale"):
-        BinaryConv2d(4, 4, 3, scale="max")
-    with pytest.raises(ValueError, match="unknown act_grad"):
-        BinaryLinear(4, 4, act_grad="tanh")
+    """Layers, BinarizeConfig and LayerOptions validate in one place: the same mistake is the
+    same ConfigError with the same words, whoever makes it."""
+    from bsr_plugin import BinarizeConfig, ConfigError
+
+    for bad, match in (({"prior_a": 0}, "prior_a must be a number > 0"), ({"scale": "max"}, "binarize.scale: 'max'"),
+                       ({"act_grad": "tanh"}, "binarize.act_grad: 'tanh'"), ({"shortcut": "sum"}, "binarize.shortcut"),
+                       ({"rsign": "yes"}, "binarize.rsign must be true or false")):
+        messages = []
+        for make, args in ((BinaryConv2d, (4, 4, 3)), (BinaryLinear, (4, 4)), (BinarizeConfig, ())):
+            with pytest.raises(ConfigError, match=match) as err:
+                make(*args, **bad)
+            messages.append(str(err.value))
+        assert len(set(messages)) == 1, messages
+    with pytest.raises(ConfigError, match="BinaryConv2d: unknown key 'prior'"):
+        BinaryConv2d(4, 4, 3, prior=0.1)
 
 
 def test_pack_round_trip():

@@ -106,10 +106,14 @@ def test_calibration_folds_input_magnitude_into_scale_once():
     for n, m in bsr_plugin.binary_layers(net):
         # each layer's input was recorded after the layers before it were calibrated
         torch.testing.assert_close(m.scale, before[n] * seen[n])
-        assert int(m.calibrated) == 1
+        torch.testing.assert_close(m.calibrated, seen[n])  # the factor, kept for a forced recalibration
     assert bsr_plugin.calibrate_scales_(net, x) == []  # once
+    calibrated = {n: m.scale.clone() for n, m in bsr_plugin.binary_layers(net)}
+    assert bsr_plugin.calibrate_scales_(net, x, force=True) == ["1", "2"]  # from the uncalibrated scale:
+    for n, m in bsr_plugin.binary_layers(net):  # idempotent, not multiplied again
+        torch.testing.assert_close(m.scale, calibrated[n])
     net.load_state_dict(float_net.state_dict())  # float weights: calibrate again
-    assert all(int(m.calibrated) == 0 for _, m in bsr_plugin.binary_layers(net))
+    assert all(float(m.calibrated) == 0 for _, m in bsr_plugin.binary_layers(net))
     trained = bsr_plugin.convert(float_net)
     bsr_plugin.calibrate_scales_(trained, x)
     net.load_state_dict(trained.state_dict())  # a binary checkpoint keeps its calibration

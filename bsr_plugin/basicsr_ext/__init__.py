@@ -4,7 +4,10 @@
   ``MSRResNetBin``;
 * losses ``UniformPriorLoss``, ``CurriculumL1Loss``;
 * model ``BinarySRModel``;
-* dataset ``BicubicPairDataset`` (HR-only folders, LR by bicubic on the fly).
+* dataset ``BicubicPairDataset`` (HR-only folders, LR by bicubic on the fly);
+
+and the network builder ``basicsr`` (:mod:`bsr_plugin.deploy.builders`), through which packed
+files and the ``bsr`` command build BasicSR networks (``-opt`` options files included).
 
 The ``basicsr`` command (``basicsr train|test -opt X.yml``) imports it before running BasicSR's
 pipelines.
@@ -30,6 +33,15 @@ def register() -> None:
         for obj in objs:
             if obj.__name__ not in registry:
                 registry.register(obj)
+
+
+def register_builder() -> None:
+    """Register the ``basicsr`` network builder (the entry point ``bsr_plugin.builders``)."""
+    from ..deploy.builders import register_builder as register
+    from .network import build_from_spec, network_from_options
+
+    register("basicsr", build_from_spec, from_options=network_from_options,
+             description="a BasicSR network_g spec (any registered architecture)")
 
 
 register()

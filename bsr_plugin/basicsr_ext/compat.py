@@ -11,7 +11,7 @@ import types
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OptionsError
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,32 @@ def import_basicsr() -> types.ModuleType:
             "pip install --no-build-isolation 'bsr_plugin[basicsr]'") from err
 
 
+def read_options(path: Any) -> dict:
+    """A BasicSR options file parsed with YAML's safe loader (no tag can construct an object
+    or run code): a mapping, or an :class:`OptionsError` naming the problem."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise OptionsError(f"options file {path} does not exist")
+    try:
+        text = p.read_text()
+        opt = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise OptionsError(f"{path} is not valid YAML{where}: {problem}. (Tags such as !!python/... are refused: "
+                           "options files are read with the safe loader)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise OptionsError(f"cannot read options file {path}: {err}") from None
+    if opt is None:
+        raise OptionsError(f"{path} is empty; a BasicSR options file is a mapping (name:, model_type:, ...)")
+    if not isinstance(opt, dict):
+        raise OptionsError(f"{path} holds a YAML {type(opt).__name__}, not a mapping of options")
+    return opt
+
+
 def safe_torch_load(path: Any, map_location: Any = "cpu") -> Any:
     """``torch.load(path, weights_only=True)``: tensors, numbers, strings and containers only,
     so a crafted checkpoint cannot run code (also under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``,
@@ -69,17 +95,17 @@ def safe_torch_load(path: Any, map_location: Any = "cpu") -> Any:
                               f"{str(err).splitlines()[0][:200] if str(err) else type(err).__name__}") from None
 
 
-def checkpoint_state(path: Any, param_key: Optional[str] = None) -> dict:
+def checkpoint_state(path: Any, param_key: Optional[str] = None, fallback: bool = True) -> dict:
     """The state dict in a BasicSR checkpoint (``{'params': ..., 'params_ema': ...}``) or a
     plain state dict, loaded safely, ``module.`` prefixes removed. ``param_key``: that key
-    (falling back to ``params`` as BasicSR does); ``None``: ``params_ema`` if present, else
-    ``params``, else the dict itself."""
+    (with ``fallback``, ``params`` where it is missing, as BasicSR does); ``None``:
+    ``params_ema`` if present, else ``params``, else the dict itself."""
     import torch
 
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a state dict")
-    if param_key is not None and param_key not in ckpt and "params" in ckpt:
+    if fallback and param_key is not None and param_key not in ckpt and "params" in ckpt:
         param_key = "params"
     if param_key is not None:
         if param_key not in ckpt:

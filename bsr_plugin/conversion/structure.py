@@ -192,6 +192,7 @@ def nested_skip_cuts(graph: DataflowGraph, cuttable: set[str], policy: str) -> d
     break every such path are cut; of equally small cuts, the one nearest ``p`` (``cut_first``)
     or nearest the addition (``cut_last``); ``cut_all`` cuts every shortcut on such a path.
     Additions are taken in execution order, so inner skips are settled before outer ones. Returns ``{layer: reason}``.
+    (One function of about 60 lines: its two closures read the cut set it is building.)
     """
     nodes = graph.nodes
     cuts: dict[str, str] = {}

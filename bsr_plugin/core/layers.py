@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .binarizers import binarize_input, binarize_kernel, weight_scale
-from .bits import pack_signs, packed_size, popcount
+from .bits import pack_signs, packed_size, popcount, unpack_signs
 from .options import LayerOptions
 from .registry import register_binary_layer
 
@@ -258,6 +258,54 @@ class BinaryLayerMixin:
             alpha = self.alpha()
             self.scale = nn.Parameter(alpha.clone())
             self.scale_mode = "learned"
+
+    # -- packed files --------------------------------------------------------------------
+    # A packed file keeps, of a binarized layer, the signs of its latent weight (1 bit each)
+    # and alpha; every other state entry (bias, RSign, RPReLU) is an ordinary tensor, and the
+    # training records (PACKED_KEYS minus weight and scale) are not kept.
+    PACKED_KEYS = ("weight", "scale") + TRAINING_BUFFERS
+
+    def packed_state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """``(entry, tensors)``: the layer's description for a packed manifest and its binary
+        tensors, ``weight`` (the sign bits, :func:`~bsr_plugin.core.bits.pack_signs`) and
+        ``scale`` (alpha per output channel; absent for ``scale: none``)."""
+        w = self.weight.detach()
+        tensors = {"weight": pack_signs(w)}
+        alpha = self.alpha()
+        if alpha is not None:
+            tensors["scale"] = alpha.detach().clone()
+        entry = {"class": type(self).__name__, "weight_shape": list(w.shape), "options": self.options().to_dict(),
+                 "stored_scale": "none" if alpha is None else "learned", "bias": self.bias is not None}
+        return entry, tensors
+
+    def packed_mismatch(self, entry: dict[str, Any]) -> list[str]:
+        """How this layer differs from a packed ``entry`` in what its output depends on
+        (class, weight shape, bias, shortcut, RSign, RPReLU, whether it has a scale)."""
+        options = entry["options"]
+        got = dict(cls=type(self).__name__, shape=list(self.weight.shape), bias=self.bias is not None,
+                   shortcut=self.shortcut, rsign=self.rsign, rprelu=self.rprelu,
+                   scaled=self.scale_mode != "none")
+        want = dict(cls=entry["class"], shape=list(entry["weight_shape"]), bias=entry["bias"],
+                    shortcut=options["shortcut"], rsign=options.get("rsign", False),
+                    rprelu=options.get("rprelu", False), scaled=entry["stored_scale"] != "none")
+        return [f"{k} {got[k]} (file: {want[k]})" for k in got if got[k] != want[k]]
+
+    @torch.no_grad()
+    def load_packed_state_(self, entry: dict[str, Any], signs: Tensor, scale: Optional[Tensor]) -> None:
+        """Take the binary state of a packed ``entry``: the latent weight becomes ``sign *
+        prior_a`` (``sign`` without a prior), which binarizes to the same ``alpha * sign``; a
+        ``mean_abs`` scale becomes a ``learned`` one holding the stored alpha (same output).
+        The scale is final: ``calibrated`` is NaN (calibrated, factor unknown)."""
+        problems = self.packed_mismatch(entry)
+        if problems:
+            raise ConfigError("; ".join(problems))
+        latent = unpack_signs(signs, tuple(self.weight.shape), dtype=self.weight.dtype)
+        self.weight.copy_(latent * (self.prior_a if self.prior_a is not None else 1.0))
+        if scale is not None:
+            self.freeze_scale_()
+            self.scale.copy_(scale.reshape(self.scale.shape))
+        self.sign_ref.copy_(pack_signs(self.weight))
+        self.calibrated.fill_(float("nan"))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

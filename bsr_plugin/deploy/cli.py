@@ -1,17 +1,22 @@
-"""The ``bsr`` command: complexity summary, packed export, load-and-run, binary check, demo.
+"""The ``bsr`` command: complexity summary, packed export, load-and-run on the packed engine,
+binary check, engine timing, and the integrations' commands (``bsr demo``).
 
 ::
 
-    bsr summary -opt options/EDSRBin_x4.yml [--checkpoint net_g_latest.pth] [--input-size 3 180 320]
-    bsr export  -opt options/EDSRBin_x4.yml --checkpoint net_g_latest.pth -o edsr_bin_x4.bsrpack [--fp16]
+    bsr summary -opt options/edsr_bin.yml [--checkpoint net_g_latest.pth] [--input-size 3 180 320]
+    bsr export  -opt options/edsr_bin.yml --checkpoint net_g_latest.pth -o edsr_bin_x4.bsrpack [--fp16]
                 [--onnx edsr_bin_x4.onnx]
-    bsr run     edsr_bin_x4.bsrpack input.png -o output.png [--check]
+    bsr run     edsr_bin_x4.bsrpack input.png -o output.png [--tile 256] [--engine packed] [--check]
     bsr check   --packed edsr_bin_x4.bsrpack [--image input.png | --input-size 3 48 48]
+    bsr bench   edsr_bin_x4.bsrpack --size 320x180 [--threads 1,2]
+    bsr engine                                          # which engine runs, and why
     bsr demo    [demo options]
 
-The network comes from a BasicSR options file (``-opt``; its ``network_g``, with the weights
-of ``--checkpoint`` or else ``path.pretrain_network_g``) or from a packed file
-(``--packed``). basicsr is imported only when needed.
+A network comes from a packed file (``--packed``; rebuilt by the builder the file names, or by
+``--model my_pkg.nets:make_net``, a function of yours that returns the float network) or from a
+BasicSR options file (``-opt``, needs the basicsr extra; weights from ``--checkpoint`` or the
+file's ``path.pretrain_network_g``). User mistakes (bad files, paths, formats, out of memory)
+print one line and exit 2; anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -20,114 +25,42 @@ import argparse
 import json
 import logging
 import sys
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ..errors import PackedFormatError
+from ..errors import BsrError, CLIError
+from .builders import builder_from_reference, get_builder
 from .check import check_binary
 from .complexity import CONVENTIONS, summary
-from .packed import export_packed, load_packed
+from .file_format import SUFFIX
+from .inference import IMAGE_SUFFIXES, Progress, check_output_path, read_image, tiles_of, upscale, write_image
+from .packed import ENGINES, export_packed, load_packed
 
 logger = logging.getLogger(__name__)
 
-
-class CLIError(Exception):
-    """A command-line problem to report in one line (exit status 2)."""
+COMMAND_GROUP = "bsr_plugin.commands"
 
 
 # -- building the network -------------------------------------------------------------------
-def _read_options(path: str) -> dict[str, Any]:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"options file {path} does not exist")
-    with p.open() as fh:
-        opt = yaml.safe_load(fh)
-    if not isinstance(opt, dict) or not isinstance(opt.get("network_g"), dict):
-        raise CLIError(f"{path}: no network_g section (a BasicSR options file describes its network under "
-                       "network_g: {type: ..., ...})")
-    return opt
-
-
-def network_from_spec(spec: dict[str, Any]) -> nn.Module:
-    """Build ``network_g`` of a BasicSR options file: the plugin's binarized architectures
-    (``BinarizedArch``, ``EDSRBin``, ``MSRResNetBin``) or any float BasicSR architecture."""
-    from ..basicsr_ext import archs
-
-    kwargs = dict(spec)
-    arch_type = kwargs.pop("type", None)
-    if arch_type is None:
-        raise CLIError("network_g has no 'type'")
-    if arch_type in archs.BINARIZED_ARCHS:
-        return archs.BINARIZED_ARCHS[arch_type](**kwargs)
-    return archs.build_float_arch(dict(kwargs, type=arch_type))
-
-
-def load_checkpoint(net: nn.Module, path: str, param_key: Optional[str] = None) -> None:
-    """Load a BasicSR checkpoint (``{'params': ..., 'params_ema': ...}``) or a plain state dict
-    into ``net`` (strict). ``param_key`` defaults to ``params_ema`` if present, else ``params``."""
-    if not Path(path).is_file():
-        raise CLIError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict):
-        raise CLIError(f"{path} holds a {type(ckpt).__name__}, not a state dict")
-    if param_key is not None:
-        if param_key not in ckpt:
-            raise CLIError(f"{path} has no key {param_key!r}; it has {sorted(map(str, ckpt))[:6]}")
-        state = ckpt[param_key]
-    elif "params_ema" in ckpt:
-        state = ckpt["params_ema"]
-    elif "params" in ckpt:
-        state = ckpt["params"]
-    else:
-        state = ckpt
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CLIError(f"{path}: no state dict found (pass --param-key)")
-    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CLIError(f"{path} does not fit network_g: {err}") from err
-
-
-def build_network(args: argparse.Namespace, need_weights: bool = True) -> nn.Module:
-    """The network named by ``-opt`` (+ checkpoint) or ``--packed``, in eval mode.
-
-    Without ``--checkpoint`` the options file's ``path.pretrain_network_g`` is loaded; when
-    that file does not exist it is an error, unless ``need_weights`` is false (``summary``
-    counts do not depend on the weights)."""
+def load_network(args: argparse.Namespace, need_weights: bool = True, engine: str = "float") -> nn.Module:
+    """The network named by ``--packed`` (+ ``--model``) or ``-opt`` (+ checkpoint), in eval mode."""
     if args.packed:
-        return load_packed(args.packed)
-    opt = _read_options(args.opt)
-    net = network_from_spec(opt["network_g"])
-    checkpoint = args.checkpoint
-    param_key = args.param_key
-    if checkpoint is None:
-        path_opt = opt.get("path") or {}
-        checkpoint = path_opt.get("pretrain_network_g")
-        param_key = param_key or path_opt.get("param_key_g")
-        if checkpoint and not Path(checkpoint).is_file():
-            if need_weights:
-                raise CLIError(f"{args.opt}: path.pretrain_network_g {checkpoint} does not exist; train first or "
-                               "pass --checkpoint")
-            logger.warning("path.pretrain_network_g %s does not exist: counting the untrained network", checkpoint)
-            checkpoint = None
-    if checkpoint:
-        load_checkpoint(net, checkpoint, param_key)
-    elif need_weights:
-        logger.warning("no checkpoint given (--checkpoint or path.pretrain_network_g): the network has its "
-                       "initial weights")
-    return net.eval()
+        builder = builder_from_reference(args.model) if getattr(args, "model", None) else None
+        return load_packed(args.packed, engine=engine, builder=builder)
+    build = get_builder("basicsr")
+    return build.from_options(args.opt, args.checkpoint, args.param_key, need_weights)
 
 
 def _in_channels(net: nn.Module) -> int:
     for mod in net.modules():
         if isinstance(mod, nn.Conv2d):
             return mod.in_channels
+        if hasattr(mod, "in_channels"):
+            return int(mod.in_channels)
     return 3
 
 
@@ -137,47 +70,42 @@ def _input_size(args: argparse.Namespace, net: nn.Module, default_hw: tuple[int,
     return (_in_channels(net),) + default_hw
 
 
-# -- images ---------------------------------------------------------------------------------
-def read_image(path: str, channels: int = 3) -> Tensor:
-    """An image file as a ``1 x C x H x W`` float tensor in [0, 1] (RGB order, as BasicSR)."""
-    import cv2
-
-    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    img = cv2.imread(str(path), flag)
-    if img is None:
-        raise CLIError(f"cannot read image {path}")
-    if channels == 1:
-        img = img[:, :, None]
-    elif channels == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    else:
-        raise CLIError(f"the network takes {channels} input channels; only 1 (gray) or 3 (RGB) images are read")
-    scale = 65535.0 if img.dtype.itemsize == 2 else 255.0
-    return torch.from_numpy(img.astype("float32") / scale).permute(2, 0, 1).unsqueeze(0).contiguous()
+def _same_file(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    try:
+        return pa.resolve() == pb.resolve() or (pa.exists() and pb.exists() and pa.samefile(pb))
+    except OSError:
+        return False
 
 
-def write_image(path: str, img: Tensor) -> None:
-    """Write a ``1 x C x H x W`` tensor in [0, 1] as an 8-bit image (clamped, rounded)."""
-    import cv2
-
-    arr = (img[0].detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    if arr.shape[2] == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), arr):
-        raise CLIError(f"cannot write image {path} (use a .png file name)")
+def refuse_overwrite(inputs: Sequence[Optional[str]], outputs: Sequence[Optional[str]]) -> None:
+    """No command overwrites one of its inputs (or writes two outputs to one file)."""
+    ins, outs = [p for p in inputs if p], [p for p in outputs if p]
+    for out in outs:
+        for src in ins:
+            if _same_file(out, src):
+                raise CLIError(f"refusing to write {out}: it is also an input ({src}); choose another output name")
+    for i, a in enumerate(outs):
+        if any(_same_file(a, b) for b in outs[i + 1:]):
+            raise CLIError(f"two outputs are the same file ({a})")
 
 
 # -- commands -------------------------------------------------------------------------------
 def cmd_summary(args: argparse.Namespace) -> int:
-    net = build_network(args, need_weights=False)
+    net = load_network(args, need_weights=False)
     result = summary(net, _input_size(args, net, (180, 320)), convention=args.convention)
     print(json.dumps(result.to_dict(), indent=1) if args.json else result)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    net = build_network(args)
+    if Path(args.output).suffix != SUFFIX:
+        raise CLIError(f"-o {args.output}: bsr export writes a packed model file; give it the {SUFFIX} suffix "
+                       "(nothing else is ever overwritten with one)")
+    if args.onnx and Path(args.onnx).suffix != ".onnx":
+        raise CLIError(f"--onnx {args.onnx}: give the ONNX file the .onnx suffix")
+    refuse_overwrite([args.opt, args.checkpoint, args.packed], [args.output, args.onnx])
+    net = load_network(args)
     info = export_packed(net, args.output, fp16=args.fp16)
     print(info)
     if args.onnx:
@@ -189,24 +117,74 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_jobs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``(input, output)`` pairs: one file to ``-o FILE``, or several / a folder to ``-o FOLDER``."""
+    sources: list[str] = []
+    for item in args.inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise CLIError(f"{item} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+            sources += found
+        elif not p.is_file():
+            raise CLIError(f"input {item} does not exist")
+        else:
+            sources.append(item)
+    if len(args.inputs) == 1 and Path(args.inputs[0]).is_file():
+        return [(sources[0], args.output)]
+    if Path(args.output).suffix.lower() in IMAGE_SUFFIXES:
+        raise CLIError(f"several inputs need a folder as -o, not {args.output}")
+    return [(s, str(Path(args.output) / (Path(s).stem + ".png"))) for s in sources]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    net = load_packed(args.model)
-    x = read_image(args.input, _in_channels(net))
-    with torch.no_grad():
-        y = net(x)
-    write_image(args.output, y)
-    print(f"{args.input} ({x.shape[3]}x{x.shape[2]}) -> {args.output} ({y.shape[3]}x{y.shape[2]})")
+    if args.tile < 0 or args.tile_pad < 0:
+        raise CLIError("--tile and --tile-pad must be >= 0")
+    jobs = _run_jobs(args)
+    refuse_overwrite([args.model_file, *(s for s, _ in jobs)], [o for _, o in jobs])
+    for _, out in jobs:
+        check_output_path(out)
+    builder = builder_from_reference(args.model) if args.model else None
+    net = load_packed(args.model_file, engine=args.engine, builder=builder)
+    print(f"engine: {net.bsr_engine}")
+    channels = _in_channels(net)
+    images = [(src, out, *read_image(src, channels)) for src, out in jobs]
+    for _, out, _, depth in images:
+        check_output_path(out, depth)
+    progress = Progress(sum(tiles_of(x, args.tile) for _, _, x, _ in images), "tiles" if args.tile else "images")
+    for src, out, x, depth in images:
+        try:
+            arr = upscale(net, x, depth, args.tile, args.tile_pad, progress)
+        except RuntimeError as err:
+            if "alloc" in str(err).lower() or "memory" in str(err).lower():
+                raise CLIError(f"out of memory on {src} ({x.shape[3]}x{x.shape[2]}): run it in tiles, e.g. --tile "
+                               f"{max(64, (max(x.shape[2:]) // 4) // 32 * 32)}") from None
+            raise
+        write_image(out, arr)
+        print(f"{src} ({x.shape[3]}x{x.shape[2]}) -> {out} ({arr.shape[1]}x{arr.shape[0]})")
     if args.check:
-        result = check_binary(net, x)
-        print(result)
-        return 0 if result.ok else 1
+        return _check_run(args, net, images[0][2])
     return 0
 
 
+def _check_run(args: argparse.Namespace, net: nn.Module, x: torch.Tensor) -> int:
+    """``--check``: the float simulation is binary on this image, and ``net`` (the engine) equals it."""
+    builder = builder_from_reference(args.model) if args.model else None
+    sim = load_packed(args.model_file, engine="float", builder=builder)
+    result = check_binary(sim, x)
+    print(result)
+    if sim is not net and net.bsr_engine != sim.bsr_engine:
+        with torch.no_grad():
+            diff = (net(x) - sim(x)).abs().max().item()
+        print(f"{net.bsr_engine} vs float simulation on this image: max |difference| {diff:.3g}")
+    return 0 if result.ok else 1
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    net = build_network(args)
+    net = load_network(args)
     if args.image:
-        x = read_image(args.image, _in_channels(net))
+        x, _ = read_image(args.image, _in_channels(net))
     else:
         torch.manual_seed(0)
         x = torch.rand((1,) + _input_size(args, net, (48, 48)))
@@ -215,21 +193,46 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def cmd_demo(rest: Sequence[str]) -> int:
-    from ..basicsr_ext.demo import main as demo_main
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .engine.bench import bench_packed
 
-    return demo_main(list(rest))
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        threads = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
+    except ValueError:
+        raise CLIError(f"--size WxH (e.g. 320x180) and --threads N[,N...] take integers, got {args.size!r}, "
+                       f"{args.threads!r}") from None
+    builder = builder_from_reference(args.model) if args.model else None
+    report = bench_packed(args.model_file, (height, width), threads, repeats=args.repeats, builder=builder)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else report)
+    return 0
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    from .engine import kernels
+
+    print(kernels.status_line())
+    if kernels.available():
+        print(f"instruction sets on this CPU: {', '.join(kernels.available_isas())}")
+    return 0
 
 
 # -- parser ---------------------------------------------------------------------------------
 def _add_source(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("-opt", "--opt", metavar="YML", help="BasicSR options file (its network_g is built)")
+    src.add_argument("-opt", "--opt", metavar="YML", help="BasicSR options file (its network_g is built; needs the "
+                     "basicsr extra)")
     src.add_argument("--packed", metavar="FILE", help="a packed model file written by `bsr export`")
     p.add_argument("--checkpoint", metavar="PTH", help="weights for -opt (BasicSR net_g_*.pth or a state dict); "
                    "default: path.pretrain_network_g of the options file")
     p.add_argument("--param-key", default=None, help="key in the checkpoint (default: params_ema if present, "
                    "else params)")
+    _add_model(p)
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="MODULE:FUNCTION", help="build a packed file's network with your own function "
+                   "(returns the float network), instead of the builder the file names")
 
 
 def _add_input_size(p: argparse.ArgumentParser, default: str) -> None:
@@ -237,9 +240,13 @@ def _add_input_size(p: argparse.ArgumentParser, default: str) -> None:
                    help=f"one input, without the batch dimension (default: the network's channels x {default})")
 
 
+def _plugin_commands() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=COMMAND_GROUP)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bsr", description="Binarized super-resolution networks: complexity "
-                                     "summary, bit-packed export, load-and-run, binary check.")
+                                     "summary, bit-packed export, load-and-run on the packed CPU engine, binary check.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -253,18 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a bit-packed model file (and optionally ONNX)")
     _add_source(p)
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="packed file to write (*.bsrpack)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help=f"packed file to write (*{SUFFIX})")
     p.add_argument("--fp16", action="store_true", help="store full-precision tensors in fp16 (not bit exact)")
     p.add_argument("--onnx", metavar="FILE", help="also export an ONNX graph (dynamic height and width)")
     _add_input_size(p, "48 x 48 (the ONNX sample input)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("run", help="load a packed file and super-resolve one image")
-    p.add_argument("model", help="packed model file")
-    p.add_argument("input", help="input (low-resolution) image")
-    p.add_argument("-o", "--output", required=True, help="output image (.png)")
-    p.add_argument("--check", action="store_true", help="also prove on this image that every binarized layer "
-                   "computed with +-1 inputs and +-alpha weights")
+    p = sub.add_parser("run", help="super-resolve images with a packed file (on the packed engine)")
+    p.add_argument("model_file", metavar="MODEL", help="packed model file")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="low-resolution image(s) or a folder of them")
+    p.add_argument("-o", "--output", required=True, help="output image (one input) or folder (several)")
+    p.add_argument("--tile", type=int, default=0, help="run in tiles of this many input pixels (0: whole image)")
+    p.add_argument("--tile-pad", type=int, default=16, help="context pixels around each tile (default 16)")
+    p.add_argument("--engine", choices=ENGINES, default="auto", help="packed (XNOR-popcount), float (simulation), "
+                   "auto (packed where the extension is built)")
+    p.add_argument("--check", action="store_true", help="also prove on the first image that every binarized layer "
+                   "computes with +-1 inputs and +-alpha weights, and compare the engine with the float simulation")
+    _add_model(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="run one forward pass and prove every binarized layer is binary")
@@ -273,7 +285,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_size(p, "48 x 48")
     p.set_defaults(func=cmd_check)
 
-    sub.add_parser("demo", help="the end-to-end demo (its options: bsr demo --help)", add_help=False)
+    p = sub.add_parser("bench", help="per-layer and end-to-end time: packed engine vs float simulation vs float "
+                       "network")
+    p.add_argument("model_file", metavar="MODEL", help="packed model file")
+    p.add_argument("--size", default="320x180", help="input width x height (default 320x180)")
+    p.add_argument("--threads", help="thread counts to time, e.g. 1,2 (default: torch's)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per network (median)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_model(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("engine", help="which engine runs binarized layers here, and why")
+    p.set_defaults(func=cmd_engine)
+
+    for name, ep in _plugin_commands().items():
+        sub.add_parser(name, help=f"{ep.value} (its options: bsr {name} --help)", add_help=False)
     return parser
 
 
@@ -284,16 +310,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rest = argv[1:] if verbose else argv
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if rest and rest[0] == "demo":
-        command, run = "demo", lambda: cmd_demo(rest[1:])
+    plugins = _plugin_commands()
+    if rest and rest[0] in plugins:
+        command = rest[0]
+
+        def run() -> int:
+            try:
+                entry = plugins[command].load()
+            except ImportError as err:
+                raise CLIError(f"bsr {command} comes from an integration that cannot be loaded: {err}") from None
+            return entry(rest[1:])
     else:
         args = build_parser().parse_args(argv)
-        command, run = args.command, lambda: args.func(args)
+        command = args.command
+
+        def run() -> int:
+            return args.func(args)
     try:
         return run()
-    except (CLIError, PackedFormatError, FileNotFoundError, ValueError, KeyError, ImportError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"bsr {command}: error: {msg}", file=sys.stderr)
+    except BsrError as err:
+        print(f"bsr {command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # files and disks: missing, unreadable, read-only, full
+        print(f"bsr {command}: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
 
 

@@ -280,6 +280,37 @@ def _layer_rows(model: nn.Module) -> dict[str, LayerSummary]:
     return rows
 
 
+def _with_macs(rows: dict[str, LayerSummary], modules: dict[str, nn.Module], macs: dict[str, int],
+               calls: dict[str, int]) -> dict[str, LayerSummary]:
+    """Add each module's counted MACs to its row (binary or FP), with a row for modules that
+    only made functional calls."""
+    for scope, n in macs.items():
+        if scope not in rows:
+            mod = modules.get(scope)
+            rows[scope] = LayerSummary(scope, f"{type(mod).__name__} (functional)" if mod is not None else "?")
+        row = rows[scope]
+        row.calls += calls[scope]
+        if row.binary:
+            row.binary_macs += n
+        else:
+            row.fp_macs += n
+    return rows
+
+
+def _coverage_notes(rows: dict[str, LayerSummary], modules: dict[str, nn.Module]) -> list[str]:
+    """Binarized layers that did not run, or run with binarization switched off."""
+    notes = []
+    silent = [n for n, r in rows.items() if r.binary and not r.calls]
+    if silent:
+        notes.append(f"{len(silent)} binarized layers did not run in the forward pass: {', '.join(silent[:4])}"
+                     f"{' ...' if len(silent) > 4 else ''}")
+    half = [n for n, m in modules.items() if is_binary(m) and not (m.binarize_act and m.binarize_weight)]
+    if half:
+        notes.append(f"{len(half)} binarized layers have binarization switched off and count as full precision "
+                     f"(their MACs; a binarized weight still counts 1 bit): {', '.join(half[:4])}")
+    return notes
+
+
 def summary(model: nn.Module, input_size: Optional[Sequence[int]] = None, *, sample: Optional[Tensor] = None,
             convention: str = "bireal64", verbose: bool = False) -> ModelSummary:
     """Count parameters, storage, MACs and OPs of a (binarized) network.
@@ -314,26 +345,9 @@ def summary(model: nn.Module, input_size: Optional[Sequence[int]] = None, *, sam
         macs, calls = _count_macs(model, sample)  # a real batch: counts are divided per sample
     else:
         macs, calls = _forward_counts(model, shape, dtype, notes)
-    rows = _layer_rows(model)
     modules = dict(model.named_modules())
-    for scope, n in macs.items():
-        if scope not in rows:
-            mod = modules.get(scope)
-            rows[scope] = LayerSummary(scope, f"{type(mod).__name__} (functional)" if mod is not None else "?")
-        row = rows[scope]
-        row.calls += calls[scope]
-        if row.binary:
-            row.binary_macs += n
-        else:
-            row.fp_macs += n
-    silent = [n for n, r in rows.items() if r.binary and not r.calls]
-    if silent:
-        notes.append(f"{len(silent)} binarized layers did not run in the forward pass: {', '.join(silent[:4])}"
-                     f"{' ...' if len(silent) > 4 else ''}")
-    half = [n for n, m in modules.items() if is_binary(m) and not (m.binarize_act and m.binarize_weight)]
-    if half:
-        notes.append(f"{len(half)} binarized layers have binarization switched off and count as full precision "
-                     f"(their MACs; a binarized weight still counts 1 bit): {', '.join(half[:4])}")
+    rows = _with_macs(_layer_rows(model), modules, macs, calls)
+    notes += _coverage_notes(rows, modules)
     order = {n: i for i, n in enumerate(modules)}
     result = ModelSummary(sorted(rows.values(), key=lambda r: order.get(r.name, len(order))), per_sample,
                           convention, notes)

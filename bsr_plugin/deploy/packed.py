@@ -1,91 +1,54 @@
 """A bit-packed model file: ``export_packed(model, path)`` and ``load_packed(path)``.
 
 The file really is small: the sign of every binarized weight is stored as one bit (eight to a
-byte, the layout of :mod:`bsr_plugin.packing`), next to the per-channel scales and the
+byte, the layout of :mod:`bsr_plugin.core.bits`), next to the per-channel scales and the
 full-precision layers (fp32, or fp16 on request). An EDSR-baseline x4 with full-precision
-head, tail and upsampler packs about 4x smaller than its fp32 state dict.
-
-Layout (all integers little-endian)::
-
-    magic        8 bytes   b"BSRPACK\\0"
-    version      uint32    FORMAT_VERSION
-    manifest_n   uint64    bytes of the compressed manifest
-    blobs_n      uint64    bytes of the tensor data
-    manifest     zlib-compressed UTF-8 JSON (below)
-    blobs        raw tensor bytes, at the offsets the manifest gives (relative to the blobs)
-    sha256       32 bytes  SHA-256 of everything before it
-
-The manifest holds the :class:`~bsr_plugin.BinarizeConfig` dict, the float architecture spec
-(``model.bsr_arch``, set by the BasicSR architectures), one entry per binarized layer (name,
-class, weight shape, scale mode, shortcut, act_grad, prior_a, bias) and one entry per tensor
-(name, kind, dtype, shape, offset, length). :func:`load_packed` checks the magic, the
-version, the length and the checksum before it reads anything else, so a corrupt, truncated
-or version-mismatched file is refused with a :class:`PackedFormatError` and never loaded
-half-way.
+head, tail and upsampler packs about 4x smaller than its fp32 state dict. The byte layout and
+the checks that run before anything is built are in :mod:`bsr_plugin.deploy.file_format`.
 
 What is stored, and what comes back:
 
-* binarized weight: its signs only (the latent magnitudes are training state). On load the
-  latent weight is ``sign * prior_a`` (``sign`` without a prior), which binarizes to the same
-  ``alpha * sign``; ``sign_ref`` is re-armed from it.
-* scale ``learned``: stored exactly. Scale ``mean_abs`` is computed from the latent weight at
-  run time, which the file no longer has: the file stores the computed alpha and the loaded
-  layer becomes a ``learned``-scale layer holding it (same output, bit for bit). Scale
-  ``none``: nothing stored.
-* every other ``state_dict`` entry (biases of binarized layers, full-precision layers,
-  buffers): in its own dtype, or fp16 for floating tensors with ``fp16=True``.
+* each binarized layer packs itself (:meth:`~bsr_plugin.core.layers.BinaryLayerMixin.packed_state`):
+  the signs of its latent weight and alpha. On load the latent weight is ``sign * prior_a``,
+  which binarizes to the same ``alpha * sign``; a ``mean_abs`` scale comes back as a ``learned``
+  one holding the same alpha.
+* every other ``state_dict`` entry (biases, RSign thresholds, RPReLU parameters,
+  full-precision layers, buffers): in its own dtype, or fp16 for floating tensors with
+  ``fp16=True``; the training records ``sign_ref`` and ``calibrated`` are not stored.
+* how to build the network again: the binarize config and ``model.bsr_build`` (``{"builder":
+  name, "spec": {...}}``, set by the BasicSR architectures and ``timm_ext``), resolved through
+  :mod:`bsr_plugin.deploy.builders` when the file is loaded.
 
-Exactness: binarized convs pad their *binarized* input with +1 (``sign(0) = +1``, see
-:mod:`bsr_plugin.layers`), so every binarized layer computes ``conv(sign(pad(x)), alpha *
-sign(w))`` with a strictly +-1 input, the same thing an XNOR-popcount kernel computes from
-these bits. With fp32 full-precision tensors, the loaded network's outputs equal the exported
-network's bit for bit in eval mode. With ``fp16=True`` they do not (the full-precision
-weights are rounded); only the binary part stays exact.
+Exactness: binarized convs pad their *binarized* input with +1 (``sign(0) = +1``), so every
+binarized layer computes ``conv(sign(pad(x)), alpha * sign(w))`` with a strictly +-1 input, the
+same thing an XNOR-popcount kernel computes from these bits. With fp32 full-precision tensors,
+the loaded network's outputs equal the exported network's bit for bit in eval mode (float
+simulation engine). With ``fp16=True`` they do not (the full-precision weights are rounded).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
-import os
-import struct
 import sys
-import uuid
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
-from ..core.binarizers import weight_scale
-from ..core.bits import pack_signs, packed_size, unpack_signs
-from ..core.layers import TRAINING_BUFFERS
+from ..conversion import convert
+from ..core.layers import BinaryLayerMixin
 from ..core.registry import is_binary
-from ..errors import PackedFormatError
+from ..errors import BuilderError, ConfigError, PackedFormatError
+from .builders import Builder, get_builder
+from .file_format import DTYPE_NAMES, FORMAT_VERSION, Blobs, PathLike, read_packed, refuse, write_file
 
 logger = logging.getLogger(__name__)
 
-MAGIC = b"BSRPACK\x00"
-FORMAT_VERSION = 1
-_HEADER = struct.Struct("<8sIQQ")
-_DIGEST = 32
-SUFFIX = ".bsrpack"
-
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
-    "int64": torch.int64, "int32": torch.int32, "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8,
-    "bool": torch.bool,
-}
-_NAMES = {v: k for k, v in _DTYPES.items()}
-_LAYER_KEYS = ("name", "class", "weight_shape", "scale_mode", "stored_scale", "shortcut", "act_grad", "prior_a",
-               "bias")
-_TENSOR_KEYS = ("name", "kind", "dtype", "shape", "offset", "nbytes")
-
-PathLike = Union[str, "os.PathLike[str]"]
+DEFAULT_MAX_BYTES = 8 * 2**30
+"""Largest network (bytes of its state on the CPU) that :func:`load_packed` builds by default."""
 
 
 @dataclass
@@ -121,27 +84,49 @@ class PackedInfo:
                 f"{self.ratio:.2f}x smaller")
 
 
-# -- writing --------------------------------------------------------------------------------
-def _layer_names(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every binarized layer under every name it has (shared layers appear under each)."""
-    return [(n, m) for n, m in model.named_modules(remove_duplicate=False) if is_binary(m)]
-
-
 def _key(prefix: str, attr: str) -> str:
     return f"{prefix}.{attr}" if prefix else attr
 
 
-def _raw(t: Tensor) -> bytes:
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+def binary_layer_names(model: nn.Module) -> list[tuple[str, BinaryLayerMixin]]:
+    """Every binarized layer under every name it has (shared layers appear under each)."""
+    return [(n, m) for n, m in model.named_modules(remove_duplicate=False) if is_binary(m)]
+
+
+# -- writing --------------------------------------------------------------------------------
+def _packable_layers(model: nn.Module) -> list[tuple[str, BinaryLayerMixin]]:
+    layers = binary_layer_names(model)
+    if not layers:
+        raise ConfigError(f"{type(model).__name__} holds no binarized layer: nothing to pack. Binarize it first "
+                          "(bsr_plugin.convert(model)) or save a float network with torch.save")
+    off = sorted({n for n, m in layers if not (m.binarize_act and m.binarize_weight)})
+    if off:
+        raise ConfigError(f"binarization is switched off in {len(off)} layers ({', '.join(off[:4])}"
+                          f"{' ...' if len(off) > 4 else ''}): the packed file stores 1-bit weights for layers that "
+                          "compute with 1-bit inputs and weights. Switch it on first: "
+                          "bsr_plugin.set_binarization(model, act=True, weight=True)")
+    return layers
+
+
+def _manifest(model: nn.Module, layer_entries: list[dict], blobs: Blobs, fp16: bool) -> dict[str, Any]:
+    from .. import __version__
+
+    config = getattr(model, "bsr_config", None)
+    return {
+        "format": "bsr_plugin.packed", "format_version": FORMAT_VERSION, "bsr_plugin_version": __version__,
+        "torch_version": torch.__version__, "byteorder": sys.byteorder, "model_class": type(model).__name__,
+        "config": config.to_dict() if config is not None else None, "build": getattr(model, "bsr_build", None),
+        "fp_dtype": "float16" if fp16 else "native", "binary_layers": layer_entries, "tensors": blobs.entries,
+    }
 
 
 def export_packed(model: nn.Module, path: PathLike, *, fp16: bool = False) -> PackedInfo:
-    """Write ``model`` as a bit-packed file (see the module docstring for the format).
+    """Write ``model`` as a bit-packed file (module docstring; layout in ``file_format``).
 
     Args:
-        model: a binarized network (from :func:`bsr_plugin.convert` or a BasicSR ``*Bin``
-            architecture). Every binarized layer must have weight and activation
-            binarization switched on.
+        model: a binarized network (from :func:`bsr_plugin.convert`, a BasicSR ``*Bin``
+            architecture or ``timm_ext``). Every binarized layer must have weight and
+            activation binarization switched on.
         path: the file to write (conventionally ``*.bsrpack``); written atomically.
         fp16: store floating full-precision tensors in fp16 (smaller; the loaded network is
             then close to, not bit-equal with, this one). Scales are always kept exactly.
@@ -150,289 +135,204 @@ def export_packed(model: nn.Module, path: PathLike, *, fp16: bool = False) -> Pa
         A :class:`PackedInfo` with the file size, the theoretical packed size and the fp32
         size of the float network.
     """
-    layers = _layer_names(model)
-    if not layers:
-        raise ValueError(f"{type(model).__name__} holds no binarized layer: nothing to pack. Binarize it first "
-                         "(bsr_plugin.convert(model)) or save a float network with torch.save")
-    off = sorted({n for n, m in layers if not (m.binarize_act and m.binarize_weight)})
-    if off:
-        raise ValueError(f"binarization is switched off in {len(off)} layers ({', '.join(off[:4])}"
-                         f"{' ...' if len(off) > 4 else ''}): the packed file stores 1-bit weights for layers that "
-                         "compute with 1-bit inputs and weights. Switch it on first: "
-                         "bsr_plugin.set_binarization(model, act=True, weight=True)")
-    state = model.state_dict()
+    layers = _packable_layers(model)
+    blobs = Blobs()
     entries: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    offset = 0
-    theoretical = 0
-    float32 = 0
-
-    def add(name: str, kind: str, dtype: str, shape: tuple[int, ...], data: bytes) -> None:
-        nonlocal offset
-        entries.append(dict(name=name, kind=kind, dtype=dtype, shape=list(shape), offset=offset, nbytes=len(data)))
-        blobs.append(data)
-        offset += len(data)
-
-    layer_entries = []
-    binary_keys: set[str] = set()
+    handled: set[str] = set()
+    extras = {_key(n, k) for n, m in layers for k, _ in m.named_parameters(recurse=False)
+              if k not in ("weight", "bias")}
+    theoretical = float32 = 0
     for name, layer in layers:
-        w = layer.weight.detach()
-        wkey = _key(name, "weight")
-        add(wkey, "signs", "bits", tuple(w.shape), _raw(pack_signs(w)))
-        theoretical += packed_size(w.numel())
-        float32 += 4 * w.numel()
-        stored_scale = "none"
-        if layer.scale_mode in ("learned", "mean_abs"):
-            alpha = weight_scale(w, layer.scale_mode, layer.scale).detach().reshape(-1)
-            add(_key(name, "scale"), "scale", _NAMES[alpha.dtype], tuple(alpha.shape), _raw(alpha))
-            theoretical += alpha.numel() * alpha.element_size()
-            stored_scale = "learned"
-        binary_keys.update({wkey, _key(name, "scale")} | {_key(name, b) for b in TRAINING_BUFFERS})
-        layer_entries.append(dict(name=name, weight_shape=list(w.shape), scale_mode=layer.scale_mode,
-                                  stored_scale=stored_scale, shortcut=layer.shortcut, act_grad=layer.act_grad,
-                                  prior_a=layer.prior_a, bias=layer.bias is not None,
-                                  **{"class": type(layer).__name__}))
-    for key, t in state.items():
-        if key in binary_keys:
+        entry, tensors = layer.packed_state()
+        entries.append(dict(entry, name=name))
+        theoretical += blobs.add(_key(name, "weight"), "signs", tensors["weight"], entry["weight_shape"])
+        float32 += 4 * layer.weight.numel()
+        if "scale" in tensors:
+            theoretical += blobs.add(_key(name, "scale"), "scale", tensors["scale"])
+        handled.update(_key(name, k) for k in layer.PACKED_KEYS)
+    for key, t in model.state_dict().items():
+        if key in handled:
             continue
-        t = t.detach()
-        if t.dtype not in _NAMES:
-            raise ValueError(f"state entry {key!r} has dtype {t.dtype}, which the packed format does not store")
-        if fp16 and t.is_floating_point():
-            t = t.to(torch.float16)
-        add(key, "fp", _NAMES[t.dtype], tuple(t.shape), _raw(t))
-        theoretical += t.numel() * t.element_size()
-        float32 += 4 * t.numel()
-
-    from .. import __version__
-
-    config = getattr(model, "bsr_config", None)
-    arch = getattr(model, "bsr_arch", None)
-    manifest = {
-        "format": "bsr_plugin.packed", "format_version": FORMAT_VERSION, "bsr_plugin_version": __version__,
-        "torch_version": torch.__version__, "byteorder": sys.byteorder, "model_class": type(model).__name__,
-        "config": config.to_dict() if config is not None else None,
-        "arch": dict(arch) if arch is not None else None,
-        "fp_dtype": "float16" if fp16 else "native",
-        "binary_layers": layer_entries, "tensors": entries,
-    }
-    try:
-        text = json.dumps(manifest, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"the model's bsr_config/bsr_arch cannot be written as JSON ({err}); keep them to plain "
-                         "numbers, strings, lists and dicts") from err
-    packed_manifest = zlib.compress(text.encode("utf-8"), 9)
-    body = b"".join([_HEADER.pack(MAGIC, FORMAT_VERSION, len(packed_manifest), offset), packed_manifest] + blobs)
-    digest = hashlib.sha256(body).digest()
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:  # write then rename: a reader never sees a half-written file
-        with open(tmp, "xb") as fh:
-            fh.write(body)
-            fh.write(digest)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    info = PackedInfo(str(path), path.stat().st_size, theoretical, float32, len(layers),
+        if t.dtype not in DTYPE_NAMES:
+            raise ConfigError(f"state entry {key!r} has dtype {t.dtype}, which the packed format does not store")
+        theoretical += blobs.add(key, "fp", t.detach().to(torch.float16) if fp16 and t.is_floating_point() else t)
+        float32 += 0 if key in extras else 4 * t.numel()  # RSign / RPReLU are not in the float network
+    write_file(path, _manifest(model, entries, blobs, fp16), blobs)
+    info = PackedInfo(str(path), Path(path).stat().st_size, theoretical, float32, len(layers),
                       "float16" if fp16 else "float32")
     logger.info("export_packed: %s", info)
     return info
 
 
 # -- reading --------------------------------------------------------------------------------
-def _refuse(path: Any, message: str) -> PackedFormatError:
-    return PackedFormatError(f"{path}: {message}")
-
-
-def _check_manifest(path: Any, manifest: Any, blobs_n: int) -> dict[str, Any]:
-    if not isinstance(manifest, dict) or manifest.get("format") != "bsr_plugin.packed":
-        raise _refuse(path, "the manifest is not a bsr_plugin packed-model manifest")
-    for key in ("config", "arch", "binary_layers", "tensors", "byteorder"):
-        if key not in manifest:
-            raise _refuse(path, f"the manifest lacks {key!r}")
-    if manifest["byteorder"] != sys.byteorder:
-        raise _refuse(path, f"written on a {manifest['byteorder']}-endian machine; this one is {sys.byteorder}-endian")
-    names = set()
-    for t in manifest["tensors"]:
-        if not isinstance(t, dict) or any(k not in t for k in _TENSOR_KEYS):
-            raise _refuse(path, f"malformed tensor entry {t!r}")
-        if t["dtype"] != "bits" and t["dtype"] not in _DTYPES:
-            raise _refuse(path, f"tensor {t['name']!r} has unknown dtype {t['dtype']!r}")
-        numel = 1
-        for s in t["shape"]:
-            numel *= int(s)
-        size = packed_size(numel) if t["dtype"] == "bits" else numel * _DTYPES[t["dtype"]].itemsize
-        if t["nbytes"] != size or t["offset"] < 0 or t["offset"] + t["nbytes"] > blobs_n:
-            raise _refuse(path, f"tensor {t['name']!r}: {t['nbytes']} bytes at offset {t['offset']} do not hold "
-                                f"shape {t['shape']} in {t['dtype']} within the {blobs_n} data bytes")
-        if t["name"] in names:
-            raise _refuse(path, f"tensor {t['name']!r} is stored twice")
-        names.add(t["name"])
-    for entry in manifest["binary_layers"]:
-        if not isinstance(entry, dict) or any(k not in entry for k in _LAYER_KEYS):
-            raise _refuse(path, f"malformed binarized-layer entry {entry!r}")
-    return manifest
-
-
-def read_packed(path: PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """Read and verify a packed file: ``(manifest, {name: tensor})``.
-
-    Binarized weights come back as their packed ``uint8`` sign bytes (``kind == "signs"``).
-    Raises :class:`PackedFormatError` for a file that is not a packed model, has another
-    format version, is truncated or longer than it says, or fails its checksum.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise FileNotFoundError(f"cannot read packed model {path}: {err}") from err
-    if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
-        raise _refuse(path, f"not a bsr_plugin packed model (it does not start with {MAGIC!r}); write one with "
-                            "bsr_plugin.export_packed(model, path) or `bsr export`")
-    if len(data) < _HEADER.size:
-        raise _refuse(path, f"truncated: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
-    _, version, manifest_n, blobs_n = _HEADER.unpack_from(data)
-    if version != FORMAT_VERSION:
-        from .. import __version__
-
-        raise _refuse(path, f"packed format version {version}, but this bsr_plugin ({__version__}) reads format "
-                            f"version {FORMAT_VERSION}; load it with the bsr_plugin version that wrote it, or export "
-                            "the model again with this one")
-    expected = _HEADER.size + manifest_n + blobs_n + _DIGEST
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "has trailing bytes"
-        raise _refuse(path, f"{what}: the header announces {expected:,} bytes, the file has {len(data):,}")
-    if hashlib.sha256(memoryview(data)[:-_DIGEST]).digest() != data[-_DIGEST:]:
-        raise _refuse(path, "corrupt: the SHA-256 checksum does not match the contents (the file was changed or "
-                            "damaged after it was written); export it again")
-    start = _HEADER.size
-    try:
-        manifest = json.loads(zlib.decompress(data[start:start + manifest_n]).decode("utf-8"))
-    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _refuse(path, f"unreadable manifest ({err})") from err
-    manifest = _check_manifest(path, manifest, blobs_n)
-    base = start + manifest_n
-    tensors = {}
-    for t in manifest["tensors"]:
-        raw = bytearray(data[base + t["offset"]:base + t["offset"] + t["nbytes"]])
-        flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
-        if t["dtype"] == "bits":
-            tensors[t["name"]] = flat
+def _build(path: Any, manifest: dict[str, Any], model: Optional[nn.Module], builder: Optional[Builder],
+           device: torch.device) -> nn.Module:
+    """A fresh binarized network of the file's structure on ``device`` (``model`` itself is not modified)."""
+    config = manifest["config"]
+    with torch.device(device):
+        if model is not None:
+            net = copy.deepcopy(model).to(device)
         else:
-            tensors[t["name"]] = flat.view(_DTYPES[t["dtype"]]).reshape(t["shape"])
-    return manifest, tensors
+            build = manifest["build"]
+            if build is None and builder is None:
+                raise refuse(path, f"the file does not say how to build its network (it was exported from a "
+                                   f"{manifest.get('model_class')} without bsr_build); pass the network: "
+                                   "load_packed(path, model=FloatNet(...)) or bsr ... --model module:function")
+            builder = builder or get_builder(build["builder"])
+            net = builder.build(build["spec"] if build else {})
+        if not any(is_binary(m) for m in net.modules()):
+            if config is None:
+                raise refuse(path, "the file holds no binarize config, so a float network cannot be converted to "
+                                   "its structure; pass the binarized network (same structure) as model=")
+            net = convert(net, config, inplace=True)
+    return net
 
 
-def _rebuild(path: Any, manifest: dict[str, Any], model: Optional[nn.Module]) -> nn.Module:
-    """A fresh binarized network of the file's structure (``model`` itself is not modified)."""
-    from ..conversion import convert
-
-    if model is not None:
-        if any(is_binary(m) for m in model.modules()):
-            return copy.deepcopy(model)
-        if manifest["config"] is None:
-            raise _refuse(path, "the file holds no binarize config, so a float network cannot be converted to its "
-                                "structure; pass the binarized network (same structure) as model=")
-        return convert(model, manifest["config"])
-    if manifest["arch"] is not None and manifest["config"] is not None:
-        from ..basicsr_ext.archs import BinarizedArch
-
-        return BinarizedArch(manifest["arch"], manifest["config"])
-    raise _refuse(path, f"the file does not say how to build its network (it was exported from a "
-                        f"{manifest.get('model_class')} without a BasicSR architecture spec); build the float network "
-                        "and pass it: load_packed(path, model=FloatNet(...))")
-
-
-def _verify_structure(path: Any, manifest: dict[str, Any], net: nn.Module) -> dict[str, nn.Module]:
-    """The rebuilt binarized layers must be exactly the file's: names, classes, shapes, shortcuts."""
-    have = dict(_layer_names(net))
+def _verify(path: Any, manifest: dict[str, Any], net: nn.Module) -> dict[str, BinaryLayerMixin]:
+    """The rebuilt network must be exactly the file's: its binarized layers (names, classes,
+    shapes, shortcuts, options that change the output) and every other state entry (names,
+    shapes)."""
+    have = dict(binary_layer_names(net))
     want = {e["name"]: e for e in manifest["binary_layers"]}
     problems = []
-    missing = [n for n in want if n not in have]
-    extra = [n for n in have if n not in want]
+    missing, extra = [n for n in want if n not in have], [n for n in have if n not in want]
     if missing:
         problems.append(f"binarized in the file but not in the network: {', '.join(missing[:5])}")
     if extra:
         problems.append(f"binarized in the network but not in the file: {', '.join(extra[:5])}")
     for name, e in want.items():
-        layer = have.get(name)
-        if layer is None:
-            continue
-        got = dict(cls=type(layer).__name__, shape=list(layer.weight.shape), shortcut=layer.shortcut,
-                   bias=layer.bias is not None)
-        exp = dict(cls=e["class"], shape=list(e["weight_shape"]), shortcut=e["shortcut"], bias=e["bias"])
-        diff = [f"{k} {got[k]} (file: {exp[k]})" for k in got if got[k] != exp[k]]
-        if diff:
-            problems.append(f"{name}: {', '.join(diff)}")
+        if name in have:
+            diff = have[name].packed_mismatch(e)
+            if diff:
+                problems.append(f"{name}: {', '.join(diff)}")
+    if not problems:
+        handled = {_key(n, k) for n in have for k in BinaryLayerMixin.PACKED_KEYS}
+        target = {k: tuple(v.shape) for k, v in net.state_dict().items() if k not in handled}
+        stored = {t["name"]: tuple(t["shape"]) for t in manifest["tensors"] if t["kind"] == "fp"}
+        lacking, unknown = [k for k in target if k not in stored], [k for k in stored if k not in target]
+        if lacking or unknown:
+            problems.append(f"the file's tensors do not fit the rebuilt network: missing {lacking[:5]}, "
+                            f"unexpected {unknown[:5]}")
+        problems += [f"tensor {k!r} has shape {stored[k]} in the file, {target[k]} in the network"
+                     for k in target if k in stored and stored[k] != target[k]][:5]
     if problems:
-        raise _refuse(path, "the network rebuilt for this file does not match it: " + "; ".join(problems))
+        raise refuse(path, "the network rebuilt for this file does not match it: " + "; ".join(problems))
     return have
 
 
-def load_packed(path: PathLike, model: Optional[nn.Module] = None) -> nn.Module:
+def _state_bytes(net: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in net.state_dict().values())
+
+
+def _real_network(path: Any, manifest: dict[str, Any], model: Optional[nn.Module],
+                  builder: Optional[Builder]) -> nn.Module:
+    """:func:`_build` on the CPU; a spec or config the network rejects is the file's fault."""
+    try:
+        return _build(path, manifest, model, builder, torch.device("cpu"))
+    except (BuilderError, PackedFormatError):
+        raise
+    except Exception as err:
+        raise refuse(path, f"its network cannot be built from the stored spec and config "
+                           f"({type(err).__name__}: {err})") from None
+
+
+def _check_size(path: Any, manifest: dict[str, Any], model: Optional[nn.Module], builder: Optional[Builder],
+                max_bytes: int) -> None:
+    """Build the network on the meta device (no memory), verify it against the file and bound
+    its size, before anything real is allocated. A network that cannot run on the meta device
+    (data-dependent Python) is bounded by the file's own bytes instead."""
+    try:
+        meta = _build(path, manifest, model, builder, torch.device("meta"))
+    except (BuilderError, PackedFormatError):
+        raise
+    except Exception as err:
+        declared = sum(t["nbytes"] for t in manifest["tensors"])
+        logger.info("load_packed: no meta-device build (%s: %s); the file's size bounds the network",
+                    type(err).__name__, err)
+        if 32 * declared > max_bytes:
+            raise refuse(path, f"its tensors ({declared:,} bytes) imply a network above the memory bound "
+                               f"({max_bytes:,} bytes); raise max_bytes if that is expected") from None
+        return
+    _verify(path, manifest, meta)
+    size = _state_bytes(meta)
+    if size > max_bytes:
+        raise refuse(path, f"the network it describes needs {size:,} bytes, above the memory bound ({max_bytes:,} "
+                           "bytes); raise max_bytes if that is expected")
+
+
+def _load_state(path: Any, manifest: dict[str, Any], tensors: dict[str, Tensor], net: nn.Module,
+                layers: dict[str, BinaryLayerMixin]) -> None:
+    for e in manifest["binary_layers"]:
+        name, layer = e["name"], layers[e["name"]]
+        signs = tensors.get(_key(name, "weight"))
+        scale = tensors.get(_key(name, "scale")) if e["stored_scale"] == "learned" else None
+        if signs is None or (e["stored_scale"] == "learned" and scale is None):
+            raise refuse(path, f"binarized layer {name!r}: its sign bits or its scale are not stored")
+        try:
+            layer.load_packed_state_(e, signs, scale)
+        except ConfigError as err:
+            raise refuse(path, f"binarized layer {name!r}: {err}") from None
+    fp = {t["name"]: tensors[t["name"]] for t in manifest["tensors"] if t["kind"] == "fp"}
+    target = net.state_dict()
+    with torch.no_grad():
+        for key, value in fp.items():
+            target[key].copy_(value.to(target[key].dtype))
+
+
+ENGINES = ("auto", "packed", "float")
+
+
+def load_packed(path: PathLike, model: Optional[nn.Module] = None, *, engine: str = "auto",
+                builder: Optional[Builder] = None, max_bytes: int = DEFAULT_MAX_BYTES) -> nn.Module:
     """Rebuild a network from a packed file, in eval mode, on the CPU.
 
     Args:
-        path: a file written by :func:`export_packed`.
-        model: optional skeleton. A float network is converted with the file's stored config
-            (needed when the file holds no BasicSR architecture spec); a binarized network of
-            the same structure is copied. ``model`` itself is never modified. Without it the
-            network is rebuilt from the file's architecture spec with
-            :func:`bsr_plugin.basicsr_ext.archs.BinarizedArch` (needs basicsr).
+        path: a file written by :func:`export_packed` (format version 1 or 2).
+        model: optional skeleton: a float network is converted with the file's stored config; a
+            binarized network of the same structure is copied. ``model`` itself is never
+            modified. Without it the network is built by the builder the file names
+            (:mod:`bsr_plugin.deploy.builders`).
+        engine: ``packed``: binarized layers become packed engine modules
+            (:mod:`bsr_plugin.deploy.engine.modules`: sign bits as 64-bit words and scales, no
+            fp32 latent weight, XNOR-popcount kernels; their float simulation where the C++
+            extension is not built); ``float``: the float simulation network (``BinaryConv2d``
+            layers, trainable); ``auto`` (default): ``packed`` where the extension is built,
+            else ``float``, said in one logged line. The choice is in ``net.bsr_engine``.
+        builder: a builder to use instead of the file's (e.g. a user-named ``--model``).
+        max_bytes: refuse a file whose network would need more memory than this.
 
     Returns:
         The network, with the file's weights; see the module docstring for what is exact.
 
     Raises:
         PackedFormatError: the file is not a packed model, has another format version, is
-            truncated or corrupt, or does not match the rebuilt network. Nothing is returned
-            half-loaded.
+            truncated, corrupt or hand-made, or does not match the rebuilt network. Nothing is
+            returned half-loaded.
+        BuilderError: the builder the file names is not installed.
     """
+    if engine not in ENGINES:
+        raise ConfigError(f"load_packed: engine {engine!r} is not one of {ENGINES}")
     manifest, tensors = read_packed(path)
-    net = _rebuild(path, manifest, model)
-    layers = _verify_structure(path, manifest, net)
-    kinds = {t["name"]: t["kind"] for t in manifest["tensors"]}
-    state: dict[str, Tensor] = {}
-    for e in manifest["binary_layers"]:
-        name, layer = e["name"], layers[e["name"]]
-        wkey = _key(name, "weight")
-        if kinds.get(wkey) != "signs":
-            raise _refuse(path, f"no sign bits stored for binarized layer {name!r}")
-        signs = unpack_signs(tensors[wkey], tuple(e["weight_shape"]), dtype=layer.weight.dtype)
-        latent = signs * (e["prior_a"] if e["prior_a"] is not None else 1.0)
-        state[wkey] = latent
-        state[_key(name, "sign_ref")] = pack_signs(latent)
-        state[_key(name, "calibrated")] = torch.ones((), dtype=torch.uint8)  # its scale is final
-        layer.act_grad = e["act_grad"]
-        layer.prior_a = e["prior_a"]
-        skey = _key(name, "scale")
-        if e["stored_scale"] == "learned":
-            if kinds.get(skey) != "scale":
-                raise _refuse(path, f"no scale stored for binarized layer {name!r}")
-            if layer.scale is None or layer.scale.shape != (e["weight_shape"][0],):
-                layer.scale = nn.Parameter(layer.weight.new_empty(e["weight_shape"][0]))
-            layer.scale_mode = "learned"
-            state[skey] = tensors[skey]
-        else:
-            layer.scale_mode = "none"
-            layer.scale = None
-    for t in manifest["tensors"]:
-        if t["kind"] == "fp":
-            state[t["name"]] = tensors[t["name"]]
-    target = net.state_dict()
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    if missing or unexpected:
-        raise _refuse(path, f"the file's tensors do not fit the rebuilt network: missing {missing[:5]}, "
-                            f"unexpected {unexpected[:5]}")
-    for key, value in state.items():
-        want = target[key]
-        if tuple(value.shape) != tuple(want.shape):
-            raise _refuse(path, f"tensor {key!r} has shape {tuple(value.shape)} in the file, "
-                                f"{tuple(want.shape)} in the network")
-        state[key] = value.to(want.dtype)
-    net.load_state_dict(state, strict=True)
+    _check_size(path, manifest, model, builder, max_bytes)
+    net = _real_network(path, manifest, model, builder)
+    layers = _verify(path, manifest, net)
+    _load_state(path, manifest, tensors, net, layers)
     net.eval()
-    logger.info("load_packed: %s (%d binarized layers)", path, len(layers))
+    net.bsr_engine = _use_engine(net, engine)
+    logger.info("load_packed: %s (%d binarized layers, %s)", path, len(layers), net.bsr_engine)
     return net
+
+
+def _use_engine(net: nn.Module, engine: str) -> str:
+    """Put ``net`` on the requested engine; returns a one-line description of what runs it."""
+    from .engine import kernels
+    from .engine.modules import to_engine
+
+    if engine == "float" or (engine == "auto" and not kernels.available()):
+        if engine == "auto":
+            logger.warning("%s", kernels.status_line())
+        return "float simulation"
+    kept = to_engine(net)
+    where = kernels.isa() if kernels.available() else "its float simulation (extension not built)"
+    return f"packed engine ({where}, {torch.get_num_threads()} threads)" + (
+        f"; {len(kept)} layers on the float simulation: {', '.join(kept[:3])}" if kept else "")

@@ -1,0 +1,246 @@
+"""Packed-engine conv benchmark: one binarized 64 -> 64 3x3 conv (padding 1) on a
+1 x 64 x 180 x 320 float input, end to end (sign + pack, XOR-popcount conv, scale/bias, float
+output), against torch's fp32 ``F.conv2d`` at the same thread count, for every ISA the CPU has,
+NCHW and channels_last, at 1 thread and at all threads. Also the pure XOR + popcount roofline
+of each ISA (a debug op: words per second in a tight L1-resident loop with the conv's
+instruction mix), so the conv's word rate can be put next to the machine's.
+
+All variants of one thread count are timed round-robin (one run of each per round), so load
+from other jobs on a shared machine hits them alike; the table gives the minimum and the
+median over the rounds, and the speedups from both.
+
+    python benchmarks/engine_conv.py                       # writes benchmarks/results/engine_conv/
+    python benchmarks/engine_conv.py --repeats 30 --threads 1,2 --out /tmp/engine_conv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from bsr_plugin.deploy import engine as E
+
+logger = logging.getLogger("engine_conv")
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "engine_conv"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def time_round_robin(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds of each call, ``repeats`` rounds of one call of every function."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summary(ts: list[float]) -> dict[str, float]:
+    return {"min_ms": min(ts) * 1e3, "median_ms": statistics.median(ts) * 1e3}
+
+
+def run(shape: tuple[int, int, int, int], out_channels: int, threads_list: list[int], isas: list[str],
+        repeats: int, roofline_repeats: int) -> dict[str, Any]:
+    n, c, h, w = shape
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, h, w, generator=gen)
+    weight = torch.randn(out_channels, c, 3, 3, generator=gen)
+    scale = torch.rand(out_channels, generator=gen) + 0.1
+    bias = torch.randn(out_channels, generator=gen)
+    wp = E.pack_weight(weight)
+    layouts = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+    inputs = {name: x.contiguous(memory_format=fmt) for name, fmt in layouts.items()}
+    float_weights = {name: weight.contiguous(memory_format=fmt) for name, fmt in layouts.items()}
+    words = n * h * w * out_channels * 9 * ((c + 63) // 64)  # XOR-popcount word operations of the conv
+    kw = dict(in_channels=c, kernel_size=3, padding=1, scale=scale, bias=bias)
+
+    # correctness, once per ISA: the benchmarked op against the float simulation
+    checks = {}
+    ref = E.reference_binary_conv2d(x, wp, **kw)
+    for name in isas:
+        with E.use_isa(name):
+            err = max(float((E.binary_conv2d(inputs[lay], wp, **kw) - ref).abs().max()) for lay in layouts)
+        checks[name] = err
+        logger.info("check %s: max |engine - simulation| = %.3g", name, err)
+
+    rows = []
+    before = torch.get_num_threads()
+    try:
+        for threads in threads_list:
+            torch.set_num_threads(threads)
+            rooflines = {}
+            for name in isas:
+                with E.use_isa(name):
+                    rooflines[name] = max(E.xor_popcount_roofline(repeats=roofline_repeats) for _ in range(3))
+                logger.info("%d thread(s) %s roofline: %.2f Gword/s", threads, name, rooflines[name] / 1e9)
+
+            def fp32(lay: str):
+                return lambda: F.conv2d(inputs[lay], float_weights[lay], None, 1, 1)
+
+            def binary(name: str, lay: str):
+                def fn():
+                    with E.use_isa(name):
+                        return E.binary_conv2d(inputs[lay], wp, **kw)
+                return fn
+
+            def pack(name: str, lay: str):
+                def fn():
+                    with E.use_isa(name):
+                        return E.pack_input(inputs[lay], padding=1)
+                return fn
+
+            fns: dict[str, Callable[[], Any]] = {}
+            for lay in layouts:
+                fns[f"fp32/{lay}"] = fp32(lay)
+                for name in isas:
+                    fns[f"{name}/{lay}"] = binary(name, lay)
+                    fns[f"pack:{name}/{lay}"] = pack(name, lay)
+            logger.info("%d thread(s): timing %d variants x %d rounds", threads, len(fns), repeats)
+            times = time_round_robin(fns, repeats)
+            for lay in layouts:
+                base = summary(times[f"fp32/{lay}"])
+                for name in isas:
+                    t = summary(times[f"{name}/{lay}"])
+                    p = summary(times[f"pack:{name}/{lay}"])
+                    rate = words / (t["min_ms"] / 1e3)
+                    row = {
+                        "threads": threads, "layout": lay, "isa": name,
+                        "fp32_min_ms": base["min_ms"], "fp32_median_ms": base["median_ms"],
+                        "binary_min_ms": t["min_ms"], "binary_median_ms": t["median_ms"],
+                        "speedup_min": base["min_ms"] / t["min_ms"],
+                        "speedup_median": base["median_ms"] / t["median_ms"],
+                        "pack_min_ms": p["min_ms"],
+                        "conv_gwords_per_s": rate / 1e9, "roofline_gwords_per_s": rooflines[name] / 1e9,
+                        "roofline_fraction": rate / rooflines[name],
+                    }
+                    rows.append(row)
+                    logger.info("%d thread(s) %-13s %-6s fp32 %7.2f ms  binary %6.2f ms  x%5.1f (median x%5.1f)  "
+                                "%5.1f%% of roofline", threads, lay, name, base["min_ms"], t["min_ms"],
+                                row["speedup_min"], row["speedup_median"], 100 * row["roofline_fraction"])
+    finally:
+        torch.set_num_threads(before)
+    return {"rows": rows, "checks": checks, "words": words}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    s = result["setup"]
+    lines = [
+        "# Packed engine: binarized 3x3 conv vs fp32 F.conv2d",
+        "",
+        f"Input {s['shape']} float32 -> {s['out_channels']} channels, 3x3, padding 1; the binary op includes sign + "
+        "pack, the XOR-popcount conv, scale/bias and the float output in the input's layout. fp32 is "
+        "`F.conv2d` in the same layout at the same thread count.",
+        "",
+        f"Machine: {m['cpu']} ({m['logical_cpus']} logical CPUs), torch {m['torch']}, ISAs {', '.join(m['isas'])}, "
+        f"commit {m['commit']}. Load average before/after: {m['load_before']} / {m['load_after']}"
+        + (" (**shared machine: other jobs were running**, so times are noisy; minimums are the better "
+           "estimate of the undisturbed cost)." if m["load_before"] and m["load_before"][0] > 0.5 else "."),
+        "",
+        f"Times in ms over {s['repeats']} round-robin rounds (min / median). Speedup = fp32 time / binary time "
+        "(from the minimums; from the medians in brackets). Roofline: XOR + popcount words per second of the "
+        "ISA at that thread count in a tight L1-resident loop; % = the conv's word rate "
+        f"({result['words'] / 1e6:.1f} M word ops, end to end incl. packing and output) / roofline.",
+        "",
+        "| threads | layout | ISA | fp32 ms | binary ms | speedup | pack ms | conv Gword/s | roofline Gword/s "
+        "| % roofline |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['threads']} | {r['layout']} | {r['isa']} | {r['fp32_min_ms']:.2f} / {r['fp32_median_ms']:.2f} "
+            f"| {r['binary_min_ms']:.2f} / {r['binary_median_ms']:.2f} | **{r['speedup_min']:.1f}x** "
+            f"({r['speedup_median']:.1f}x) | {r['pack_min_ms']:.2f} | {r['conv_gwords_per_s']:.1f} "
+            f"| {r['roofline_gwords_per_s']:.1f} | {100 * r['roofline_fraction']:.0f}% |")
+    checks = ", ".join(f"{k}: {v:.2g}" for k, v in result["checks"].items())
+    lines += ["", f"Check against the float simulation (max abs difference): {checks}.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for results.json and results.md")
+    parser.add_argument("--repeats", type=int, default=20, help="timed rounds per thread count")
+    parser.add_argument("--threads", default=None,
+                        help="comma-separated thread counts (default: 1 and all, torch.get_num_threads())")
+    parser.add_argument("--isas", default=None, help="comma-separated ISAs (default: every one this CPU has)")
+    parser.add_argument("--shape", default="1,64,180,320", help="input N,C,H,W")
+    parser.add_argument("--out-channels", type=int, default=64)
+    parser.add_argument("--roofline-repeats", type=int, default=20000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if not E.available():
+        logger.error("%s", E.status_line())
+        return 1
+    all_threads = torch.get_num_threads()
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, all_threads})
+    isas = args.isas.split(",") if args.isas else E.available_isas()
+    for name in isas:
+        if name not in E.available_isas():
+            parser.error(f"ISA {name} is not available on this CPU ({', '.join(E.available_isas())})")
+    shape = tuple(int(v) for v in args.shape.split(","))
+    if len(shape) != 4:
+        parser.error("--shape needs N,C,H,W")
+
+    machine = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch": torch.__version__,
+               "python": platform.python_version(), "isas": E.available_isas(), "default_isa": E.isa(),
+               "max_threads": all_threads, "commit": git_commit(), "load_before": load_average()}
+    logger.info("%s | %s | torch %s | threads %s | ISAs %s | load %s", E.status_line(), machine["cpu"],
+                machine["torch"], threads, isas, machine["load_before"])
+    result = run(shape, args.out_channels, threads, isas, args.repeats, args.roofline_repeats)  # type: ignore[arg-type]
+    machine["load_after"] = load_average()
+    result = {"machine": machine, "setup": {"shape": list(shape), "out_channels": args.out_channels,
+                                            "kernel": 3, "padding": 1, "repeats": args.repeats,
+                                            "threads": threads, "isas": isas}, **result}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "results.md").write_text(markdown(result))
+    logger.info("wrote %s and %s", args.out / "results.json", args.out / "results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,597 @@
+"""Python API of the bit-packed XNOR-popcount engine (CPU inference of binarized layers).
+
+Every op computes, in float32, exactly the float simulation of a binarized layer::
+
+    xb  = where(x - threshold[c] >= 0, +1, -1)      # sign, +1 at 0; threshold per input channel (RSign)
+    xb  = pad(xb, padding, value=+1)                 # zero padding of x is +1 padding of xb
+    dot = conv2d(xb, sign(w), stride, dilation)      # sign(w) = +1 where w >= 0; groups = 1
+    y   = scale[o] * dot + bias[o]
+    if rprelu: t = y - shift_in[o]; t = t if t >= 0 else slope[o] * t; y = t + shift_out[o]
+    y   = y + shortcut(x)                            # real shortcut of the float input
+
+with shortcut ``none``, ``identity`` (C == O), ``repeat`` (O = k C: ``x.repeat_interleave(k, 1)``)
+or ``mean`` (C = k O: the mean of each group of k consecutive input channels), only when the
+output has the input's spatial size. :func:`binary_linear` is the same on the last dimension.
+
+Packed layout (bit 1 = sign +1, as :mod:`bsr_plugin.packing`): an input becomes int64
+``[N, Hp, Wp, ceil(C / 64)]`` words (channel ``c`` is bit ``c % 64`` of word ``c // 64``; padding
+pixels have every valid lane set), a conv weight ``[O, KH, KW, ceil(C / 64)]``, a linear weight
+``[N, ceil(K / 64)]``; lanes beyond the channel count are 0, so
+``dot = C * KH * KW - 2 * popcount(a XOR w)`` summed over taps and words.
+
+The native kernels live in the C++ extension ``bsr_plugin.deploy.engine._C`` (built by
+``pip install --no-build-isolation -e .``; never compiled at import). When it is missing or
+does not load, :func:`available` is False, :func:`unavailable_reason` says why, and every
+public op runs its pure-PyTorch reference (``reference_*``), so callers never branch. The ops
+are for inference: they do not record gradients.
+
+The instruction set is chosen at run time: the environment variable
+``BSR_ENGINE_ISA=auto|avx512|avx2|scalar`` (default ``auto``, the best the CPU has), or
+:func:`set_isa` / :func:`use_isa` (tests, benchmarks). Threads: ``torch.set_num_threads``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from typing import Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+SHORTCUTS = ("none", "identity", "repeat", "mean")
+_SHORTCUT_CODES = {name: i for i, name in enumerate(SHORTCUTS)}
+ISAS = ("avx512", "avx2", "scalar")
+REBUILD_HINT = "rebuild with pip install --no-build-isolation -e ."
+
+IntPair = Union[int, Sequence[int]]
+Padding = Union[int, Sequence[int]]
+RPReLU = Optional[Tuple[Tensor, Tensor, Tensor]]
+
+
+def _load() -> Optional[str]:
+    """Import the extension (registers ``torch.ops.bsr_engine``); the reason if it fails."""
+    name = f"{__package__}._C"
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name == name:
+            return f"not built: {REBUILD_HINT}"
+        return f"import failed ({err}): {REBUILD_HINT}"
+    except Exception as err:  # noqa: BLE001 - e.g. undefined symbols: built for another torch
+        return f"import failed ({type(err).__name__}: {err}); it may be built for another torch: {REBUILD_HINT}"
+    if not hasattr(torch.ops.bsr_engine, "binary_conv2d"):
+        return f"the extension loaded but registered no ops: {REBUILD_HINT}"
+    return None
+
+
+_UNAVAILABLE: Optional[str] = _load()
+if _UNAVAILABLE is not None:
+    logger.debug("packed engine unavailable: %s", _UNAVAILABLE)
+
+
+# ---------------------------------------------------------------------------------------
+# Engine state
+# ---------------------------------------------------------------------------------------
+
+def available() -> bool:
+    """True if the native kernels are loaded (else the ops run the float simulation)."""
+    return _UNAVAILABLE is None
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why the native kernels are not loaded, or None when they are."""
+    return _UNAVAILABLE
+
+
+def _ops():
+    return torch.ops.bsr_engine
+
+
+def isa() -> str:
+    """The instruction set the native ops use now (``avx512``, ``avx2``, ``scalar``), or
+    ``reference`` when the extension is unavailable.
+
+    Raises:
+        ValueError: ``BSR_ENGINE_ISA`` names an unknown ISA or one this CPU lacks.
+    """
+    if not available():
+        return "reference"
+    try:
+        return str(_ops().get_isa())
+    except RuntimeError as err:
+        raise ValueError(_first_line(err)) from None
+
+
+def available_isas() -> list[str]:
+    """The native ISAs this CPU can run, best first (empty when the extension is unavailable)."""
+    return list(_ops().available_isas()) if available() else []
+
+
+def set_isa(name: str) -> None:
+    """Force the ISA of the native ops for this process: ``auto``, ``avx512``, ``avx2``,
+    ``scalar``, or ``env`` (back to ``BSR_ENGINE_ISA``). Not thread-local.
+
+    Raises:
+        ValueError: unknown name, an ISA the CPU lacks, or the extension is unavailable.
+    """
+    if not available():
+        raise ValueError(f"cannot select ISA {name!r}: the packed engine is unavailable ({_UNAVAILABLE})")
+    try:
+        _ops().set_isa(str(name))
+    except RuntimeError as err:
+        raise ValueError(_first_line(err)) from None
+
+
+@contextlib.contextmanager
+def use_isa(name: str) -> Iterator[str]:
+    """Run the block with the native ops forced to ISA ``name`` (see :func:`set_isa`); the
+    previous choice is restored afterwards. Yields the ISA in use."""
+    previous = str(_ops().isa_setting()) if available() else "env"
+    set_isa(name)
+    try:
+        yield isa()
+    finally:
+        set_isa(previous)
+
+
+def status_line() -> str:
+    """One line for logs: ``packed engine: avx512, 2 threads`` or why it is unavailable."""
+    if not available():
+        return f"packed engine unavailable ({_UNAVAILABLE}): using the float simulation"
+    try:
+        name = isa()
+    except ValueError as err:
+        return f"packed engine misconfigured ({err})"
+    threads = torch.get_num_threads()
+    return f"packed engine: {name}, {threads} thread{'s' if threads != 1 else ''}"
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------
+# Argument normalisation and validation (shared by the native and the reference paths)
+# ---------------------------------------------------------------------------------------
+
+def _pair(v: IntPair, what: str, minimum: int) -> tuple[int, int]:
+    vals = (v, v) if isinstance(v, int) else tuple(v)
+    if len(vals) == 2 and type(vals[0]) is int and type(vals[1]) is int and min(vals) >= minimum:
+        return vals  # type: ignore[return-value]
+    if len(vals) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in vals):
+        raise ValueError(f"{what} must be an int or a pair of ints, got {v!r}")
+    if min(vals) < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {v!r}")
+    return int(vals[0]), int(vals[1])
+
+
+def _padding4(padding: Padding) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) from an int, (ph, pw) or (top, bottom, left, right)."""
+    vals = (padding,) if isinstance(padding, int) else tuple(padding)
+    if len(vals) == 4 and all(type(i) is int and i >= 0 for i in vals):
+        return vals  # type: ignore[return-value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in vals) or len(vals) not in (1, 2, 4):
+        raise ValueError(f"padding must be an int, (ph, pw) or (top, bottom, left, right), got {padding!r}")
+    if min(vals) < 0:
+        raise ValueError(f"padding must be non-negative, got {padding!r}")
+    if len(vals) == 1:
+        return (vals[0],) * 4
+    if len(vals) == 2:
+        return vals[0], vals[0], vals[1], vals[1]
+    return vals[0], vals[1], vals[2], vals[3]
+
+
+def _check_tensor(t: Tensor, what: str, fn: str) -> None:
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{fn}: {what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{fn}: {what} is on {t.device}; the packed engine runs on the CPU: move it with .cpu()")
+
+
+def _check_float_input(x: Tensor, what: str, fn: str) -> None:
+    _check_tensor(x, what, fn)
+    if x.dtype != torch.float32:
+        raise ValueError(f"{fn}: {what} must be float32, got {x.dtype}: convert it with .float()")
+
+
+def _check_packed(t: Tensor, what: str, fn: str, dims: int, layout: str) -> None:
+    _check_tensor(t, what, fn)
+    if t.dtype != torch.int64 or t.dim() != dims:
+        raise ValueError(f"{fn}: {what} must be an int64 tensor {layout} (from pack_weight / pack_input), "
+                         f"got {t.dtype} of shape {tuple(t.shape)}")
+
+
+def _vector(t: Optional[Tensor], n: int, what: str, fn: str) -> Optional[Tensor]:
+    """A per-channel parameter as a contiguous float32 [n] tensor (None stays None)."""
+    if t is None:
+        return None
+    if (isinstance(t, Tensor) and t.dtype == torch.float32 and t.dim() == 1 and t.shape[0] == n
+            and t.device.type == "cpu" and not t.requires_grad and t.is_contiguous()):
+        return t  # already in the form the ops take (the common case: a module's buffers)
+    _check_tensor(t, what, fn)
+    if not t.is_floating_point():
+        raise ValueError(f"{fn}: {what} must be a floating point tensor, got {t.dtype}")
+    if t.numel() != n or sum(int(d) != 1 for d in t.shape) > 1:
+        raise ValueError(f"{fn}: {what} must hold one value per channel ({n}), got shape {tuple(t.shape)}")
+    return t.detach().reshape(n).to(torch.float32).contiguous()
+
+
+def _rprelu(rprelu: RPReLU, n: int, fn: str) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+    if rprelu is None:
+        return None
+    if not isinstance(rprelu, (tuple, list)) or len(rprelu) != 3:
+        raise ValueError(f"{fn}: rprelu must be None or a tuple (shift_in, slope, shift_out) of [{n}] tensors")
+    names = ("rprelu shift_in", "rprelu slope", "rprelu shift_out")
+    return tuple(_vector(t, n, name, fn) for name, t in zip(names, rprelu))  # type: ignore[return-value]
+
+
+def _shortcut(shortcut: str, c_in: int, c_out: int, fn: str) -> int:
+    if shortcut not in _SHORTCUT_CODES:
+        raise ValueError(f"{fn}: unknown shortcut {shortcut!r}; choose one of {SHORTCUTS}")
+    if shortcut == "identity" and c_in != c_out:
+        raise ValueError(f"{fn}: the identity shortcut needs as many outputs as inputs, got {c_in} -> {c_out}: "
+                         f"use 'repeat' / 'mean' where they divide, or 'none'")
+    if shortcut == "repeat" and c_out % c_in:
+        raise ValueError(f"{fn}: the repeat shortcut needs outputs = k * inputs, got {c_in} -> {c_out}")
+    if shortcut == "mean" and c_in % c_out:
+        raise ValueError(f"{fn}: the mean shortcut needs inputs = k * outputs, got {c_in} -> {c_out}")
+    return _SHORTCUT_CODES[shortcut]
+
+
+def _words(c: int) -> int:
+    return (c + 63) // 64
+
+
+class _ConvArgs:
+    """Validated arguments of a binarized conv."""
+
+    def __init__(self, x: Tensor, wp: Tensor, in_channels: int, kernel_size: IntPair, stride: IntPair,
+                 padding: Padding, dilation: IntPair, scale: Tensor, bias: Optional[Tensor],
+                 threshold: Optional[Tensor], shortcut: str, rprelu: RPReLU, groups: int) -> None:
+        fn = "binary_conv2d"
+        if groups != 1:
+            raise ValueError(f"{fn}: groups={groups} is not supported by the packed engine (groups=1 only): keep this "
+                             f"layer on the float simulation")
+        _check_float_input(x, "x", fn)
+        if x.dim() != 4:
+            raise ValueError(f"{fn}: x must be [N, C, H, W], got shape {tuple(x.shape)}")
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"{fn}: in_channels must be a positive int, got {in_channels!r}")
+        if x.shape[1] != in_channels:
+            raise ValueError(f"{fn}: x has {x.shape[1]} channels but the layer has in_channels={in_channels}")
+        self.kernel = _pair(kernel_size, "kernel_size", 1)
+        _check_packed(wp, "wp", fn, 4, "[O, KH, KW, ceil(C/64)]")
+        expected = (self.kernel[0], self.kernel[1], _words(in_channels))
+        if tuple(wp.shape[1:]) != expected or wp.shape[0] < 1:
+            raise ValueError(f"{fn}: packed weight of shape {tuple(wp.shape)} does not fit kernel_size={self.kernel} "
+                             f"and in_channels={in_channels} (expected [O, {expected[0]}, {expected[1]}, "
+                             f"{expected[2]}]): pack the layer's weight with pack_weight")
+        self.out_channels = int(wp.shape[0])
+        self.stride = _pair(stride, "stride", 1)
+        self.dilation = _pair(dilation, "dilation", 1)
+        self.padding = _padding4(padding)
+        h, w = x.shape[2] + self.padding[0] + self.padding[1], x.shape[3] + self.padding[2] + self.padding[3]
+        spans = [d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel)]
+        if h < spans[0] or w < spans[1]:
+            raise ValueError(f"{fn}: the padded input ({h}x{w}) is smaller than the dilated kernel "
+                             f"({spans[0]}x{spans[1]})")
+        self.out_size = ((h - spans[0]) // self.stride[0] + 1, (w - spans[1]) // self.stride[1] + 1)
+        o = self.out_channels
+        self.scale = _vector(scale, o, "scale", fn)
+        if self.scale is None:
+            raise ValueError(f"{fn}: scale is required (one float per output channel)")
+        self.bias = _vector(bias, o, "bias", fn)
+        self.threshold = _vector(threshold, in_channels, "threshold", fn)
+        self.rprelu = _rprelu(rprelu, o, fn)
+        self.shortcut = shortcut
+        self.shortcut_code = _shortcut(shortcut, in_channels, o, fn)
+        if self.shortcut_code and self.out_size != tuple(x.shape[2:]):
+            raise ValueError(f"{fn}: a {shortcut} shortcut needs the output size {self.out_size} to equal the input "
+                             f"size {tuple(x.shape[2:])}: use stride 1 and 'same' padding, or shortcut='none'")
+        if in_channels * self.kernel[0] * self.kernel[1] >= 1 << 24:
+            raise ValueError(f"{fn}: C * KH * KW must be below 2**24 (exact float sums)")
+
+
+class _LinearArgs:
+    """Validated arguments of a binarized linear layer."""
+
+    def __init__(self, x: Tensor, wp: Tensor, in_features: int, scale: Tensor, bias: Optional[Tensor],
+                 threshold: Optional[Tensor], shortcut: str, rprelu: RPReLU) -> None:
+        fn = "binary_linear"
+        _check_float_input(x, "x", fn)
+        if not isinstance(in_features, int) or in_features < 1:
+            raise ValueError(f"{fn}: in_features must be a positive int, got {in_features!r}")
+        if x.dim() < 1 or x.shape[-1] != in_features:
+            raise ValueError(f"{fn}: x must be [..., {in_features}], got shape {tuple(x.shape)}")
+        _check_packed(wp, "wp", fn, 2, "[N, ceil(K/64)]")
+        if wp.shape[1] != _words(in_features) or wp.shape[0] < 1:
+            raise ValueError(f"{fn}: packed weight of shape {tuple(wp.shape)} does not fit in_features={in_features} "
+                             f"(expected [N, {_words(in_features)}]): pack the layer's weight with pack_weight")
+        if in_features >= 1 << 24:
+            raise ValueError(f"{fn}: in_features must be below 2**24 (exact float sums)")
+        n = int(wp.shape[0])
+        self.out_features = n
+        self.scale = _vector(scale, n, "scale", fn)
+        if self.scale is None:
+            raise ValueError(f"{fn}: scale is required (one float per output feature)")
+        self.bias = _vector(bias, n, "bias", fn)
+        self.threshold = _vector(threshold, in_features, "threshold", fn)
+        self.rprelu = _rprelu(rprelu, n, fn)
+        self.shortcut = shortcut
+        self.shortcut_code = _shortcut(shortcut, in_features, n, fn)
+
+
+# ---------------------------------------------------------------------------------------
+# Pure-PyTorch references (the float simulation; also the fallback)
+# ---------------------------------------------------------------------------------------
+
+_BIT_SHIFTS = torch.arange(64, dtype=torch.int64)
+
+
+def _bits_to_words(bits: Tensor) -> Tensor:
+    """bool [..., L] -> int64 [..., ceil(L / 64)] (bit i of word j = element 64 j + i)."""
+    n = bits.shape[-1]
+    pad = _words(n) * 64 - n
+    b = F.pad(bits.to(torch.int64), (0, pad)).unflatten(-1, (-1, 64))
+    return (b << _BIT_SHIFTS).sum(-1)  # disjoint bits: the sum is the OR (bit 63 wraps to the sign)
+
+
+def _words_to_signs(words: Tensor, n: int) -> Tensor:
+    """int64 [..., W] -> float32 [..., n] of +-1 (the first n lanes)."""
+    bits = (words.unsqueeze(-1) >> _BIT_SHIFTS) & 1
+    return torch.where(bits.flatten(-2)[..., :n].bool(), 1.0, -1.0).to(torch.float32)
+
+
+def _signs(x: Tensor, threshold: Optional[Tensor], dim: int) -> Tensor:
+    """+-1 floats: x - threshold >= 0 (threshold along ``dim``)."""
+    if threshold is not None:
+        shape = [1] * x.dim()
+        shape[dim] = -1
+        x = x - threshold.view(shape)
+    return torch.where(x >= 0, 1.0, -1.0).to(torch.float32)
+
+
+def _channel_shortcut(x: Tensor, mode: str, c_in: int, c_out: int, dim: int) -> Tensor:
+    if mode == "identity":
+        return x
+    if mode == "repeat":
+        return x.repeat_interleave(c_out // c_in, dim=dim)
+    d = dim % x.dim()
+    return x.unflatten(d, (c_out, c_in // c_out)).mean(d + 1)
+
+
+def _epilogue(dot: Tensor, scale: Tensor, bias: Optional[Tensor], rprelu, dim: int) -> Tensor:
+    shape = [1] * dot.dim()
+    shape[dim] = -1
+    y = dot * scale.view(shape)
+    if bias is not None:
+        y = y + bias.view(shape)
+    if rprelu is not None:
+        shift_in, slope, shift_out = (t.view(shape) for t in rprelu)
+        t = y - shift_in
+        t = torch.where(t >= 0, t, slope * t)
+        y = t + shift_out
+    return y
+
+
+def reference_pack_weight(w: Tensor) -> Tensor:
+    """:func:`pack_weight` in PyTorch."""
+    _check_float_input(w, "w", "pack_weight")
+    if w.dim() == 4:
+        return _bits_to_words(w.detach().permute(0, 2, 3, 1) >= 0)
+    if w.dim() == 2:
+        return _bits_to_words(w.detach() >= 0)
+    raise ValueError(f"pack_weight: w must be a conv weight [O, C, KH, KW] or a linear weight [N, K], "
+                     f"got shape {tuple(w.shape)}")
+
+
+def unpack_weight(wp: Tensor, in_channels: int) -> Tensor:
+    """The +-1 float32 weight packed in ``wp``: [O, KH, KW, CW] -> [O, C, KH, KW] (conv) or
+    [N, CW] -> [N, K] (linear), with ``in_channels`` = C or K."""
+    _check_tensor(wp, "wp", "unpack_weight")
+    if wp.dtype != torch.int64 or wp.dim() not in (2, 4) or wp.shape[-1] != _words(in_channels):
+        raise ValueError(f"unpack_weight: wp must be int64 [O, KH, KW, CW] or [N, CW] with CW = "
+                         f"ceil({in_channels} / 64) = {_words(in_channels)}, got {wp.dtype} {tuple(wp.shape)}")
+    signs = _words_to_signs(wp, in_channels)
+    return signs.permute(0, 3, 1, 2).contiguous() if wp.dim() == 4 else signs
+
+
+def reference_pack_input(x: Tensor, threshold: Optional[Tensor] = None, padding: Padding = 0) -> Tensor:
+    """:func:`pack_input` in PyTorch."""
+    fn = "pack_input"
+    _check_float_input(x, "x", fn)
+    if x.dim() != 4:
+        raise ValueError(f"{fn}: x must be [N, C, H, W], got shape {tuple(x.shape)}")
+    threshold = _vector(threshold, x.shape[1], "threshold", fn)
+    pt, pb, pl, pr = _padding4(padding)
+    bits = (_signs(x.detach(), threshold, 1) > 0).permute(0, 2, 3, 1)  # [N, H, W, C]
+    bits = F.pad(bits.to(torch.uint8), (0, 0, pl, pr, pt, pb), value=1).bool()
+    return _bits_to_words(bits)
+
+
+def reference_conv_counts(xp: Tensor, wp: Tensor, in_channels: int, kernel_size: IntPair, stride: IntPair = 1,
+                          dilation: IntPair = 1) -> Tensor:
+    """:func:`conv_counts` in PyTorch."""
+    _check_conv_counts(xp, wp, in_channels, kernel_size)
+    xs = _words_to_signs(xp, in_channels).permute(0, 3, 1, 2)
+    dot = F.conv2d(xs, unpack_weight(wp, in_channels), stride=_pair(stride, "stride", 1),
+                   dilation=_pair(dilation, "dilation", 1))
+    return dot.round().to(torch.int32)
+
+
+def reference_binary_conv2d(x: Tensor, wp: Tensor, *, in_channels: int, kernel_size: IntPair, stride: IntPair = 1,
+                            padding: Padding = 0, dilation: IntPair = 1, scale: Tensor, bias: Optional[Tensor] = None,
+                            threshold: Optional[Tensor] = None, shortcut: str = "none", rprelu: RPReLU = None,
+                            groups: int = 1) -> Tensor:
+    """:func:`binary_conv2d` as the float simulation (``F.conv2d`` on +-1 tensors)."""
+    a = _ConvArgs(x, wp, in_channels, kernel_size, stride, padding, dilation, scale, bias, threshold, shortcut,
+                  rprelu, groups)
+    with torch.no_grad():
+        xb = _signs(x, a.threshold, 1)
+        pt, pb, pl, pr = a.padding
+        xb = F.pad(xb, (pl, pr, pt, pb), value=1.0)
+        dot = F.conv2d(xb, unpack_weight(wp, in_channels), stride=a.stride, dilation=a.dilation)
+        y = _epilogue(dot, a.scale, a.bias, a.rprelu, 1)
+        if a.shortcut_code:
+            y = y + _channel_shortcut(x, shortcut, in_channels, a.out_channels, 1)
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+            else torch.contiguous_format
+        return y.contiguous(memory_format=fmt)
+
+
+def reference_binary_linear(x: Tensor, wp: Tensor, *, in_features: int, scale: Tensor, bias: Optional[Tensor] = None,
+                            threshold: Optional[Tensor] = None, shortcut: str = "none",
+                            rprelu: RPReLU = None) -> Tensor:
+    """:func:`binary_linear` as the float simulation (``F.linear`` on +-1 tensors)."""
+    a = _LinearArgs(x, wp, in_features, scale, bias, threshold, shortcut, rprelu)
+    with torch.no_grad():
+        dot = F.linear(_signs(x, a.threshold, -1), unpack_weight(wp, in_features))
+        y = _epilogue(dot, a.scale, a.bias, a.rprelu, -1)
+        if a.shortcut_code:
+            y = y + _channel_shortcut(x, shortcut, in_features, a.out_features, -1)
+        return y
+
+
+# ---------------------------------------------------------------------------------------
+# Public ops (native when available, else the reference)
+# ---------------------------------------------------------------------------------------
+
+def _detached(x: Tensor) -> Tensor:
+    return x.detach() if x.requires_grad else x
+
+
+def _native_error(err: RuntimeError) -> ValueError:
+    return ValueError(_first_line(err))
+
+
+def pack_weight(w: Tensor) -> Tensor:
+    """Pack a float weight's signs (bit 1 where ``w >= 0``): a conv weight [O, C, KH, KW] ->
+    int64 [O, KH, KW, ceil(C / 64)], a linear weight [N, K] -> int64 [N, ceil(K / 64)]."""
+    if not available():
+        return reference_pack_weight(w)
+    _check_float_input(w, "w", "pack_weight")
+    if w.dim() not in (2, 4):
+        return reference_pack_weight(w)  # raises the shape error
+    return _ops().pack_weight(w.detach())
+
+
+def pack_input(x: Tensor, threshold: Optional[Tensor] = None, padding: Padding = (0, 0, 0, 0)) -> Tensor:
+    """Sign and pack a float input [N, C, H, W] (NCHW or channels_last) in one pass:
+    bit = ``x - threshold[c] >= 0``, padded by ``padding`` ((top, bottom, left, right),
+    (ph, pw) or an int) with +1 pixels -> int64 [N, H + pt + pb, W + pl + pr, ceil(C / 64)]."""
+    if not available():
+        return reference_pack_input(x, threshold, padding)
+    fn = "pack_input"
+    _check_float_input(x, "x", fn)
+    if x.dim() != 4:
+        raise ValueError(f"{fn}: x must be [N, C, H, W], got shape {tuple(x.shape)}")
+    if x.shape[1] < 1:
+        raise ValueError(f"{fn}: x has no channels")
+    threshold = _vector(threshold, x.shape[1], "threshold", fn)
+    try:
+        return _ops().pack_input(x.detach(), threshold, list(_padding4(padding)))
+    except RuntimeError as err:
+        raise _native_error(err) from None
+
+
+def _check_conv_counts(xp: Tensor, wp: Tensor, in_channels: int, kernel_size: IntPair) -> None:
+    fn = "conv_counts"
+    _check_packed(xp, "xp", fn, 4, "[N, Hp, Wp, ceil(C/64)]")
+    _check_packed(wp, "wp", fn, 4, "[O, KH, KW, ceil(C/64)]")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"{fn}: in_channels must be a positive int, got {in_channels!r}")
+    kh, kw = _pair(kernel_size, "kernel_size", 1)
+    cw = _words(in_channels)
+    if tuple(wp.shape[1:]) != (kh, kw, cw) or xp.shape[3] != cw:
+        raise ValueError(f"{fn}: xp {tuple(xp.shape)} / wp {tuple(wp.shape)} do not fit in_channels={in_channels}, "
+                         f"kernel_size={(kh, kw)} (expected {cw} words per pixel and wp [O, {kh}, {kw}, {cw}])")
+
+
+def conv_counts(xp: Tensor, wp: Tensor, in_channels: int, kernel_size: IntPair, stride: IntPair = 1,
+                dilation: IntPair = 1) -> Tensor:
+    """The exact dot products of a packed input (from :func:`pack_input`, padding included)
+    with a packed weight: int32 [N, O, Ho, Wo] equal to ``conv2d(sign(pad(x)), sign(w))``."""
+    if not available():
+        return reference_conv_counts(xp, wp, in_channels, kernel_size, stride, dilation)
+    _check_conv_counts(xp, wp, in_channels, kernel_size)
+    try:
+        return _ops().conv_counts(xp, wp, in_channels, list(_pair(stride, "stride", 1)),
+                                  list(_pair(dilation, "dilation", 1)))
+    except RuntimeError as err:
+        raise _native_error(err) from None
+
+
+def binary_conv2d(x: Tensor, wp: Tensor, *, in_channels: int, kernel_size: IntPair, stride: IntPair = 1,
+                  padding: Padding = 0, dilation: IntPair = 1, scale: Tensor, bias: Optional[Tensor] = None,
+                  threshold: Optional[Tensor] = None, shortcut: str = "none", rprelu: RPReLU = None,
+                  groups: int = 1) -> Tensor:
+    """A binarized conv (see the module docstring for the exact semantics), fused: sign and
+    pack, XOR-popcount conv, ``scale * dot + bias``, optional RPReLU, real shortcut.
+
+    Args:
+        x: float32 [N, C, H, W], NCHW contiguous or channels_last (the output keeps it).
+        wp: the packed weight [O, KH, KW, ceil(C / 64)] (:func:`pack_weight`).
+        in_channels, kernel_size: the layer's C and (KH, KW) (checked against ``x`` and ``wp``).
+        stride, dilation: int or pair. padding: int, (ph, pw) or (top, bottom, left, right);
+            padding pixels are +1.
+        scale: [O] per-output-channel scale. bias: [O] or None.
+        threshold: [C] per-input-channel sign threshold (RSign) or None (0).
+        shortcut: ``none`` | ``identity`` | ``repeat`` | ``mean`` (output size == input size).
+        rprelu: None or (shift_in, slope, shift_out), each [O].
+        groups: must be 1.
+
+    Returns:
+        float32 [N, O, Ho, Wo].
+    """
+    a = _ConvArgs(x, wp, in_channels, kernel_size, stride, padding, dilation, scale, bias, threshold, shortcut,
+                  rprelu, groups)
+    if not available():
+        return reference_binary_conv2d(x, wp, in_channels=in_channels, kernel_size=kernel_size, stride=stride,
+                                       padding=padding, dilation=dilation, scale=scale, bias=bias,
+                                       threshold=threshold, shortcut=shortcut, rprelu=rprelu, groups=groups)
+    rp = a.rprelu or (None, None, None)
+    try:
+        return _ops().binary_conv2d(_detached(x), wp, in_channels, list(a.stride), list(a.padding), list(a.dilation),
+                                    a.scale, a.bias, a.threshold, a.shortcut_code, *rp)
+    except RuntimeError as err:
+        raise _native_error(err) from None
+
+
+def binary_linear(x: Tensor, wp: Tensor, *, in_features: int, scale: Tensor, bias: Optional[Tensor] = None,
+                  threshold: Optional[Tensor] = None, shortcut: str = "none", rprelu: RPReLU = None) -> Tensor:
+    """A binarized linear layer on the last dimension of ``x`` [..., K] -> [..., N], fused
+    like :func:`binary_conv2d` (packed GEMM; ``wp`` [N, ceil(K / 64)] from :func:`pack_weight`;
+    ``threshold`` [K]; ``scale``, ``bias``, ``rprelu`` [N]; shortcut on the last dimension)."""
+    a = _LinearArgs(x, wp, in_features, scale, bias, threshold, shortcut, rprelu)
+    if not available():
+        return reference_binary_linear(x, wp, in_features=in_features, scale=scale, bias=bias, threshold=threshold,
+                                       shortcut=shortcut, rprelu=rprelu)
+    rp = a.rprelu or (None, None, None)
+    try:
+        return _ops().binary_linear(_detached(x), wp, in_features, a.scale, a.bias, a.threshold, a.shortcut_code, *rp)
+    except RuntimeError as err:
+        raise _native_error(err) from None
+
+
+def xor_popcount_roofline(words: int = 512, repeats: int = 20000) -> float:
+    """Debug: the XOR + popcount throughput of the current ISA and thread count in word
+    operations per second (a tight loop on L1-resident data: one operand streamed, four held in
+    registers, as in the conv's inner loop). Needs the native extension."""
+    import time
+
+    if not available():
+        raise ValueError(f"xor_popcount_roofline needs the native extension ({_UNAVAILABLE})")
+    words = max(8, words // 8 * 8)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(-(2**62), 2**62, (words,), dtype=torch.int64, generator=gen)
+    w = torch.randint(-(2**62), 2**62, (32,), dtype=torch.int64, generator=gen)
+    _ops().xor_popcount_roofline(a, w, max(1, repeats // 10))  # warm up
+    start = time.perf_counter()
+    _ops().xor_popcount_roofline(a, w, repeats)
+    seconds = time.perf_counter() - start
+    return torch.get_num_threads() * repeats * words * 4 / seconds

@@ -1,0 +1,166 @@
+"""Inference modules that run binarized layers on the packed engine, and the swap that puts
+them into a network.
+
+A :class:`PackedBinaryConv2d` / :class:`PackedBinaryLinear` holds what the computation needs
+and nothing else: the sign bits of the weight as 64-bit words (:func:`kernels.pack_weight`),
+alpha, and the bias, RSign threshold and RPReLU parameters when the layer has them; no fp32
+latent weight. Its forward is :func:`kernels.binary_conv2d` / :func:`kernels.binary_linear`
+(the C++ extension, or its float simulation where the extension is not built).
+
+:func:`to_engine` swaps every binarized layer of a network for its packed module (the
+network is changed in place, like ``convert``); a layer the engine cannot run (``groups > 1``)
+keeps its float simulation, with a warning that names it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...core.layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear
+from ...core.registry import is_binary
+from . import kernels
+
+logger = logging.getLogger(__name__)
+
+
+def _optional(layer: nn.Module, name: str) -> Optional[Tensor]:
+    value = getattr(layer, name, None)
+    return None if value is None else value.detach().clone().float()
+
+
+class _PackedLayer(nn.Module):
+    """State shared by the packed modules: packed weight words, alpha, bias, RSign, RPReLU."""
+
+    weight_bits: Tensor
+    alpha: Tensor
+
+    def _take(self, layer: BinaryLayerMixin) -> None:
+        self.shortcut = layer.shortcut
+        alpha = layer.alpha()
+        out = layer.weight.shape[0]
+        self.register_buffer("weight_bits", kernels.pack_weight(layer.weight.detach().float()))
+        self.register_buffer("alpha", (alpha if alpha is not None else torch.ones(out)).detach().clone().float())
+        for name in ("bias", "threshold", "act_shift_in", "act_slope", "act_shift_out"):
+            self.register_buffer(name, _optional(layer, name))
+
+    def _rprelu(self) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+        if self.act_slope is None:
+            return None
+        return self.act_shift_in, self.act_slope, self.act_shift_out
+
+    def extra_repr(self) -> str:
+        extra = (", rsign=True" if self.threshold is not None else "") + (
+            ", rprelu=True" if self.act_slope is not None else "")
+        return f"shortcut={self.shortcut}, engine={kernels.isa() if kernels.available() else 'float simulation'}" \
+               + extra
+
+
+class PackedBinaryConv2d(_PackedLayer):
+    """A binarized conv for inference on the packed engine (see the module docstring).
+
+    Args:
+        layer: the :class:`~bsr_plugin.BinaryConv2d` it replaces (``groups == 1``).
+    """
+
+    def __init__(self, layer: BinaryConv2d) -> None:
+        super().__init__()
+        if layer.groups != 1:
+            raise ValueError(f"the packed engine runs groups=1 convs only, this one has groups={layer.groups}")
+        self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
+        self.kernel_size, self.stride, self.dilation = layer.kernel_size, layer.stride, layer.dilation
+        left, right, top, bottom = layer._reversed_padding_repeated_twice
+        self.pad = (top, bottom, left, right)
+        self.padding_mode = layer.padding_mode
+        self._take(layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.padding_mode == "zeros":
+            return kernels.binary_conv2d(
+                x, self.weight_bits, in_channels=self.in_channels, kernel_size=self.kernel_size, stride=self.stride,
+                padding=self.pad, dilation=self.dilation, scale=self.alpha, bias=self.bias, threshold=self.threshold,
+                shortcut=self.shortcut, rprelu=self._rprelu())
+        top, bottom, left, right = self.pad  # reflect/replicate/circular: pad the float input, then convolve
+        y = kernels.binary_conv2d(
+            F.pad(x, (left, right, top, bottom), mode=self.padding_mode), self.weight_bits,
+            in_channels=self.in_channels, kernel_size=self.kernel_size, stride=self.stride, padding=0,
+            dilation=self.dilation, scale=self.alpha, bias=self.bias, threshold=self.threshold, shortcut="none",
+            rprelu=self._rprelu())
+        if self.shortcut == "none":
+            return y
+        from ...core.layers import channel_shortcut
+
+        return y + channel_shortcut(x, self.shortcut, self.in_channels, self.out_channels)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.pad}, dilation={self.dilation}, " + super().extra_repr())
+
+
+class PackedBinaryLinear(_PackedLayer):
+    """A binarized linear layer for inference on the packed engine (packed GEMM).
+
+    Args:
+        layer: the :class:`~bsr_plugin.BinaryLinear` it replaces.
+    """
+
+    def __init__(self, layer: BinaryLinear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self._take(layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return kernels.binary_linear(x, self.weight_bits, in_features=self.in_features, scale=self.alpha,
+                                     bias=self.bias, threshold=self.threshold, shortcut=self.shortcut,
+                                     rprelu=self._rprelu())
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, " + super().extra_repr()
+
+
+PACKED_TYPES: dict[type, type[_PackedLayer]] = {BinaryConv2d: PackedBinaryConv2d, BinaryLinear: PackedBinaryLinear}
+
+
+def is_packed(module: nn.Module) -> bool:
+    """True for a layer that runs on the packed engine."""
+    return isinstance(module, _PackedLayer)
+
+
+def _packed_for(name: str, layer: nn.Module) -> Optional[nn.Module]:
+    cls = next((PACKED_TYPES[t] for t in type(layer).__mro__ if t in PACKED_TYPES), None)
+    if cls is None:
+        logger.warning("engine: %s (%s) has no packed module; it keeps its float simulation", name,
+                       type(layer).__name__)
+        return None
+    if not (layer.binarize_act and layer.binarize_weight):
+        logger.warning("engine: %s has binarization switched off; it keeps its float simulation", name)
+        return None
+    try:
+        return cls(layer)
+    except ValueError as err:
+        logger.warning("engine: %s keeps its float simulation: %s", name, err)
+        return None
+
+
+@torch.no_grad()
+def to_engine(model: nn.Module) -> list[str]:
+    """Swap every binarized layer of ``model`` (in place, eval mode) for its packed module;
+    returns the names of the layers that keep their float simulation (each warned about)."""
+    kept: list[str] = []
+    swaps: dict[int, Optional[nn.Module]] = {}
+    for name, layer in list(model.named_modules()):
+        if is_binary(layer) and id(layer) not in swaps:
+            swaps[id(layer)] = _packed_for(name, layer)
+            if swaps[id(layer)] is None:
+                kept.append(name)
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            new = swaps.get(id(child))
+            if new is not None:
+                setattr(parent, child_name, new)
+    model.eval()
+    return kept

@@ -1,0 +1,169 @@
+"""Running a super-resolution network on image files: reading and writing images (8 and
+16 bits), tiled inference for images that do not fit in memory, and a progress line.
+
+Images are read and written with OpenCV (``opencv-python``, installed with the ``basicsr``
+extra); a missing OpenCV is a :class:`~bsr_plugin.CLIError` naming the package. Outputs are
+written atomically (a temporary file in the same folder, then a rename).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import CLIError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def _cv2() -> Any:
+    try:
+        import cv2
+    except ImportError:
+        raise CLIError("reading and writing images needs OpenCV: pip install opencv-python-headless "
+                       "(or the basicsr extra)") from None
+    return cv2
+
+
+def read_image(path: str, channels: int = 3) -> tuple[Tensor, int]:
+    """An image file as a ``1 x C x H x W`` float tensor in [0, 1] (RGB order, as BasicSR) and
+    its bit depth (8 or 16; 16-bit images keep their precision). Gray images are repeated to
+    RGB for 3-channel networks; an alpha channel is refused."""
+    cv2 = _cv2()
+    if not Path(path).is_file():
+        raise CLIError(f"input image {path} does not exist")
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise CLIError(f"cannot read {path} as an image (not an image file, or a format OpenCV cannot decode)")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise CLIError(f"{path}: {img.dtype} pixels are not supported; give an 8- or 16-bit image")
+    depth = 16 if img.dtype == np.uint16 else 8
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] == 4:
+        raise CLIError(f"{path} has an alpha channel; the network takes RGB: remove the alpha first")
+    if img.shape[2] == 3 and channels == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif img.shape[2] == 1 and channels == 3:
+        img = np.repeat(img, 3, axis=2)
+    elif img.shape[2] == 3 and channels == 1:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None]
+    elif img.shape[2] != channels:
+        raise CLIError(f"{path} has {img.shape[2]} channels; the network takes {channels}")
+    scale = 65535.0 if depth == 16 else 255.0
+    return torch.from_numpy(img.astype(np.float32) / scale).permute(2, 0, 1).unsqueeze(0).contiguous(), depth
+
+
+def check_output_path(path: str, depth: int = 8) -> None:
+    """Refuse, before any work, an output OpenCV cannot write or that would lose 16-bit precision."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise CLIError(f"cannot write {path}: use an image file name ({', '.join(IMAGE_SUFFIXES)})")
+    if depth == 16 and suffix not in SIXTEEN_BIT_SUFFIXES:
+        raise CLIError(f"the input is a 16-bit image; {suffix} would lose its precision: write a .png or .tif")
+    parent = Path(path).resolve().parent
+    if parent.exists() and not os.access(parent, os.W_OK):
+        raise CLIError(f"cannot write {path}: the folder {parent} is not writable")
+
+
+def to_array(img: Tensor, depth: int) -> np.ndarray:
+    """A ``1 x C x H x W`` tensor in [0, 1] as an H x W x C uint8/uint16 array (clamped, rounded)."""
+    peak = 65535.0 if depth == 16 else 255.0
+    arr = (img[0].detach().clamp(0, 1) * peak).round().permute(1, 2, 0).cpu().numpy()
+    return arr.astype(np.uint16 if depth == 16 else np.uint8)
+
+
+def write_image(path: str, arr: np.ndarray) -> None:
+    """Write an RGB (or gray) H x W x C array atomically."""
+    cv2 = _cv2()
+    if arr.shape[2] == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.tmp{target.suffix}")
+    try:
+        if not cv2.imwrite(str(tmp), arr):
+            raise CLIError(f"cannot write image {path} (OpenCV refused the format or the disk is full)")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Progress:
+    """A one-line progress bar on stderr when it is a terminal (log lines otherwise)."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.tty = sys.stderr.isatty()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.tty:
+            filled = int(30 * self.done / max(self.total, 1))
+            end = "\n" if self.done >= self.total else ""
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {self.label}{end}")
+            sys.stderr.flush()
+        else:
+            logger.info("%d/%d %s", self.done, self.total, self.label)
+
+
+def _scale_of(x: Tensor, y: Tensor) -> int:
+    sh, sw = y.shape[2] / x.shape[2], y.shape[3] / x.shape[3]
+    if sh != sw or sh != int(sh):
+        raise CLIError(f"the network maps {x.shape[3]}x{x.shape[2]} to {y.shape[3]}x{y.shape[2]}: not an integer "
+                       "scale, so it cannot be tiled")
+    return int(sh)
+
+
+@torch.no_grad()
+def upscale(net: nn.Module, x: Tensor, depth: int, tile: int = 0, tile_pad: int = 16,
+            progress: Optional[Progress] = None) -> np.ndarray:
+    """Run ``net`` on ``x`` (``1 x C x H x W``) and return the output as an image array.
+
+    ``tile > 0`` splits the input into ``tile x tile`` pieces, each run with ``tile_pad``
+    pixels of context on every side and cropped back (Real-ESRGAN's ``--tile``): the output
+    equals the whole-image output wherever the network's receptive field fits in the context.
+    Only one tile's activations and the output array are in memory at a time."""
+    if tile <= 0:
+        y = net(x)
+        if progress:
+            progress.step()
+        return to_array(y, depth)
+    _, _, h, w = x.shape
+    rows, cols = math.ceil(h / tile), math.ceil(w / tile)
+    out: Optional[np.ndarray] = None
+    scale = 1
+    for r in range(rows):
+        for c in range(cols):
+            y0, x0 = r * tile, c * tile
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            py0, px0 = max(y0 - tile_pad, 0), max(x0 - tile_pad, 0)
+            py1, px1 = min(y1 + tile_pad, h), min(x1 + tile_pad, w)
+            piece = x[:, :, py0:py1, px0:px1]
+            y = net(piece)
+            if out is None:
+                scale = _scale_of(piece, y)
+                out = np.empty((h * scale, w * scale, y.shape[1]), dtype=np.uint16 if depth == 16 else np.uint8)
+            crop = y[:, :, (y0 - py0) * scale:(y1 - py0) * scale, (x0 - px0) * scale:(x1 - px0) * scale]
+            out[y0 * scale:y1 * scale, x0 * scale:x1 * scale] = to_array(crop, depth)
+            if progress:
+                progress.step()
+    assert out is not None
+    return out
+
+
+def tiles_of(x: Tensor, tile: int) -> int:
+    """How many tiles :func:`upscale` runs for ``x`` (1 without tiling)."""
+    return 1 if tile <= 0 else math.ceil(x.shape[2] / tile) * math.ceil(x.shape[3] / tile)
