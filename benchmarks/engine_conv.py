@@ -11,21 +11,24 @@ median over the rounds, and the speedups from both.
 
     python benchmarks/engine_conv.py                       # writes benchmarks/results/engine_conv/
     python benchmarks/engine_conv.py --repeats 30 --threads 1,2 --out /tmp/engine_conv
+    python benchmarks/engine_conv.py --redraw benchmarks/results/engine_conv/results.json
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -62,22 +65,52 @@ def load_average() -> list[float]:
         return []
 
 
-def time_round_robin(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Seconds of each call, ``repeats`` rounds of one call of every function."""
+Timed = tuple[Optional[str], Callable[[], Any]]  # (ISA to select before the call, or None; the call)
+
+
+def time_round_robin(fns: dict[str, Timed], repeats: int, warmup: int = 2) -> dict[str, dict[str, list[float]]]:
+    """Wall and calling-thread CPU seconds of each call, ``repeats`` rounds of one call of every
+    function (its ISA selected outside the timed region). At 1 thread every op runs on the
+    calling thread, so its CPU time leaves out the time other jobs held the core."""
     for _ in range(warmup):
-        for fn in fns.values():
+        for isa, fn in fns.values():
+            if isa:
+                E.set_isa(isa)
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": [], "faults": []} for name in fns}
     for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
+        for name, (isa, fn) in fns.items():
+            if isa:
+                E.set_isa(isa)
+            faults = minor_faults()
+            start, cpu = time.perf_counter(), time.thread_time()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name]["cpu"].append(time.thread_time() - cpu)
+            times[name]["wall"].append(time.perf_counter() - start)
+            times[name]["faults"].append(minor_faults() - faults)
     return times
 
 
-def summary(ts: list[float]) -> dict[str, float]:
-    return {"min_ms": min(ts) * 1e3, "median_ms": statistics.median(ts) * 1e3}
+def keep_freed_memory() -> bool:
+    """glibc malloc: serve large blocks from the heap and keep freed memory (M_MMAP_THRESHOLD at
+    its 32 MiB maximum, M_TRIM_THRESHOLD 1 GiB). By default glibc's dynamic mmap threshold
+    sometimes hands every call a freshly mapped output (one page fault per 4 KiB: 3600 for a
+    14.7 MB output, several ms), erratically and for both sides alike."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 32 << 20)) and bool(libc.mallopt(-1, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
+def minor_faults() -> int:
+    """Minor page faults of the process so far (fresh pages of a new allocation)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def summary(ts: dict[str, list[float]]) -> dict[str, float]:
+    return {"min_ms": min(ts["wall"]) * 1e3, "median_ms": statistics.median(ts["wall"]) * 1e3,
+            "cpu_min_ms": min(ts["cpu"]) * 1e3, "median_page_faults": statistics.median(ts["faults"])}
 
 
 def run(shape: tuple[int, int, int, int], out_channels: int, threads_list: list[int], isas: list[str],
@@ -93,6 +126,8 @@ def run(shape: tuple[int, int, int, int], out_channels: int, threads_list: list[
     inputs = {name: x.contiguous(memory_format=fmt) for name, fmt in layouts.items()}
     float_weights = {name: weight.contiguous(memory_format=fmt) for name, fmt in layouts.items()}
     words = n * h * w * out_channels * 9 * ((c + 63) // 64)  # XOR-popcount word operations of the conv
+    ra = torch.randint(-(2**62), 2**62, (512,), dtype=torch.int64, generator=gen)  # roofline operands (L1)
+    rw = torch.randint(-(2**62), 2**62, (32,), dtype=torch.int64, generator=gen)
     kw = dict(in_channels=c, kernel_size=3, padding=1, scale=scale, bias=bias)
 
     # correctness, once per ISA: the benchmarked op against the float simulation
@@ -105,32 +140,24 @@ def run(shape: tuple[int, int, int, int], out_channels: int, threads_list: list[
         logger.info("check %s: max |engine - simulation| = %.3g", name, err)
 
     rows = []
-    before = torch.get_num_threads()
+    before, isa_before = torch.get_num_threads(), torch.ops.bsr_engine.isa_setting()
     try:
         for threads in threads_list:
             torch.set_num_threads(threads)
-            rooflines = {}
-            for name in isas:
-                with E.use_isa(name):
-                    rooflines[name] = max(E.xor_popcount_roofline(repeats=roofline_repeats) for _ in range(3))
-                logger.info("%d thread(s) %s roofline: %.2f Gword/s", threads, name, rooflines[name] / 1e9)
 
-            def fp32(lay: str):
-                return lambda: F.conv2d(inputs[lay], float_weights[lay], None, 1, 1)
+            def fp32(lay: str) -> Timed:
+                return None, lambda: F.conv2d(inputs[lay], float_weights[lay], None, 1, 1)
 
-            def binary(name: str, lay: str):
-                def fn():
-                    with E.use_isa(name):
-                        return E.binary_conv2d(inputs[lay], wp, **kw)
-                return fn
+            def binary(name: str, lay: str) -> Timed:
+                return name, lambda: E.binary_conv2d(inputs[lay], wp, **kw)
 
-            def pack(name: str, lay: str):
-                def fn():
-                    with E.use_isa(name):
-                        return E.pack_input(inputs[lay], padding=1)
-                return fn
+            def pack(name: str, lay: str) -> Timed:
+                return name, lambda: E.pack_input(inputs[lay], padding=1)
 
-            fns: dict[str, Callable[[], Any]] = {}
+            def roofline(name: str) -> Timed:
+                return name, lambda: torch.ops.bsr_engine.xor_popcount_roofline(ra, rw, roofline_repeats)
+
+            fns: dict[str, Timed] = {f"roofline:{name}": roofline(name) for name in isas}
             for lay in layouts:
                 fns[f"fp32/{lay}"] = fp32(lay)
                 for name in isas:
@@ -138,6 +165,10 @@ def run(shape: tuple[int, int, int, int], out_channels: int, threads_list: list[
                     fns[f"pack:{name}/{lay}"] = pack(name, lay)
             logger.info("%d thread(s): timing %d variants x %d rounds", threads, len(fns), repeats)
             times = time_round_robin(fns, repeats)
+            rooflines = {}  # word operations per second, from the fastest round
+            for name in isas:
+                rooflines[name] = threads * roofline_repeats * ra.numel() * 4 / min(times[f"roofline:{name}"]["wall"])
+                logger.info("%d thread(s) %s roofline: %.2f Gword/s", threads, name, rooflines[name] / 1e9)
             for lay in layouts:
                 base = summary(times[f"fp32/{lay}"])
                 for name in isas:
@@ -150,7 +181,11 @@ def run(shape: tuple[int, int, int, int], out_channels: int, threads_list: list[
                         "binary_min_ms": t["min_ms"], "binary_median_ms": t["median_ms"],
                         "speedup_min": base["min_ms"] / t["min_ms"],
                         "speedup_median": base["median_ms"] / t["median_ms"],
+                        "fp32_cpu_min_ms": base["cpu_min_ms"], "binary_cpu_min_ms": t["cpu_min_ms"],
+                        "speedup_cpu": base["cpu_min_ms"] / t["cpu_min_ms"],
                         "pack_min_ms": p["min_ms"],
+                        "fp32_median_page_faults": base["median_page_faults"],
+                        "binary_median_page_faults": t["median_page_faults"],
                         "conv_gwords_per_s": rate / 1e9, "roofline_gwords_per_s": rooflines[name] / 1e9,
                         "roofline_fraction": rate / rooflines[name],
                     }
@@ -160,7 +195,12 @@ def run(shape: tuple[int, int, int, int], out_channels: int, threads_list: list[
                                 row["speedup_min"], row["speedup_median"], 100 * row["roofline_fraction"])
     finally:
         torch.set_num_threads(before)
+        E.set_isa(isa_before)
     return {"rows": rows, "checks": checks, "words": words}
+
+
+def cpu_speedup(row: dict[str, Any]) -> str:
+    return f"{row['speedup_cpu']:.1f}x" if row["threads"] == 1 else "-"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -178,23 +218,36 @@ def markdown(result: dict[str, Any]) -> str:
         + (" (**shared machine: other jobs were running**, so times are noisy; minimums are the better "
            "estimate of the undisturbed cost)." if m["load_before"] and m["load_before"][0] > 0.5 else "."),
         "",
-        f"Times in ms over {s['repeats']} round-robin rounds (min / median). Speedup = fp32 time / binary time "
-        "(from the minimums; from the medians in brackets). Roofline: XOR + popcount words per second of the "
-        "ISA at that thread count in a tight L1-resident loop; % = the conv's word rate "
-        f"({result['words'] / 1e6:.1f} M word ops, end to end incl. packing and output) / roofline.",
+        f"Times in ms over {s['repeats']} round-robin rounds (wall clock, min / median). Speedup = fp32 time / "
+        "binary time (from the minimums; from the medians in brackets). CPU speedup (1 thread only): the same "
+        "from the calling thread's CPU time (minimums), which leaves out the time other jobs held the core. "
+        "Roofline: XOR + popcount word operations per second of the ISA at that thread count in a tight "
+        "L1-resident loop (timed in the same rounds); % = the conv's word rate "
+        f"({result['words'] / 1e6:.1f} M word ops, end to end incl. packing and output, minimum time) / roofline.",
         "",
-        "| threads | layout | ISA | fp32 ms | binary ms | speedup | pack ms | conv Gword/s | roofline Gword/s "
-        "| % roofline |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| threads | layout | ISA | fp32 ms | binary ms | speedup | CPU speedup | pack ms | conv Gword/s "
+        "| roofline Gword/s | % roofline |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['threads']} | {r['layout']} | {r['isa']} | {r['fp32_min_ms']:.2f} / {r['fp32_median_ms']:.2f} "
             f"| {r['binary_min_ms']:.2f} / {r['binary_median_ms']:.2f} | **{r['speedup_min']:.1f}x** "
-            f"({r['speedup_median']:.1f}x) | {r['pack_min_ms']:.2f} | {r['conv_gwords_per_s']:.1f} "
+            f"({r['speedup_median']:.1f}x) | {cpu_speedup(r)} | {r['pack_min_ms']:.2f} | {r['conv_gwords_per_s']:.1f} "
             f"| {r['roofline_gwords_per_s']:.1f} | {100 * r['roofline_fraction']:.0f}% |")
+    one = {r["layout"]: r["fp32_min_ms"] for r in result["rows"] if r["threads"] == 1}
+    slower = sorted({r["threads"] for r in result["rows"] if r["threads"] > 1 and r["layout"] in one
+                     and r["fp32_min_ms"] > one[r["layout"]]})
+    if slower:
+        lines += ["", f"**Warning**: at {', '.join(map(str, slower))} threads fp32 `F.conv2d` was slower than at 1 "
+                  "thread: the cores were oversubscribed by other jobs while those rows were measured, so their times "
+                  "and ratios say little about the kernels."]
     checks = ", ".join(f"{k}: {v:.2g}" for k, v in result["checks"].items())
     lines += ["", f"Check against the float simulation (max abs difference): {checks}.", ""]
+    if m.get("malloc_keeps_freed_memory"):
+        lines += ["glibc malloc kept freed memory (M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB), so neither side "
+                  "pays page faults for a freshly mapped output on every call (by default that happens erratically: "
+                  "about 3600 faults for a 14.7 MB output). Median page faults per call are in results.json.", ""]
     return "\n".join(lines)
 
 
@@ -202,15 +255,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for results.json and results.md")
+    parser.add_argument("--redraw", type=Path, default=None, metavar="JSON",
+                        help="only rewrite results.md next to this results.json (no measurement)")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per thread count")
     parser.add_argument("--threads", default=None,
                         help="comma-separated thread counts (default: 1 and all, torch.get_num_threads())")
     parser.add_argument("--isas", default=None, help="comma-separated ISAs (default: every one this CPU has)")
     parser.add_argument("--shape", default="1,64,180,320", help="input N,C,H,W")
     parser.add_argument("--out-channels", type=int, default=64)
-    parser.add_argument("--roofline-repeats", type=int, default=20000)
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="leave glibc malloc's dynamic mmap threshold alone (see keep_freed_memory)")
+    parser.add_argument("--roofline-repeats", type=int, default=10000,
+                        help="passes over 512 words per roofline call (per thread)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.redraw:
+        args.redraw.with_name("results.md").write_text(markdown(json.loads(args.redraw.read_text())))
+        return 0
 
     if not E.available():
         logger.error("%s", E.status_line())
@@ -225,9 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(shape) != 4:
         parser.error("--shape needs N,C,H,W")
 
+    malloc_tuned = False if args.no_malloc_tuning else keep_freed_memory()
     machine = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch": torch.__version__,
                "python": platform.python_version(), "isas": E.available_isas(), "default_isa": E.isa(),
-               "max_threads": all_threads, "commit": git_commit(), "load_before": load_average()}
+               "max_threads": all_threads, "commit": git_commit(), "load_before": load_average(),
+               "malloc_keeps_freed_memory": malloc_tuned}
     logger.info("%s | %s | torch %s | threads %s | ISAs %s | load %s", E.status_line(), machine["cpu"],
                 machine["torch"], threads, isas, machine["load_before"])
     result = run(shape, args.out_channels, threads, isas, args.repeats, args.roofline_repeats)  # type: ignore[arg-type]

@@ -16,11 +16,11 @@ from .conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-def test_benchmark_smoke(datasets_dir, tmp_path):
+def test_benchmark_smoke(real_datasets_dir, tmp_path):
     out = tmp_path / "smoke"
     res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sr_benchmark.py"), "--preset", "smoke", "--out",
                           str(out)], capture_output=True, text=True, timeout=900,
-                         env={**os.environ, "BSR_DATASETS": str(datasets_dir)})
+                         env={**os.environ, "BSR_DATASETS": str(real_datasets_dir)})
     assert res.returncode == 0, res.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())
     assert {r["variant"] for r in results["runs"]} == {"fp", "default", "ckpt_distill"}
@@ -35,7 +35,7 @@ def test_benchmark_smoke(datasets_dir, tmp_path):
     # every finished run is kept: running the grid again trains nothing
     again = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sr_benchmark.py"), "--preset", "smoke", "--out",
                             str(out)], capture_output=True, text=True, timeout=900,
-                           env={**os.environ, "BSR_DATASETS": str(datasets_dir)})
+                           env={**os.environ, "BSR_DATASETS": str(real_datasets_dir)})
     assert again.returncode == 0 and "0 runs to do (3 already" in again.stderr, again.stderr[-2000:]
     for png in ("val_psnr.png", "flip_ratio.png"):
         assert (out / png).stat().st_size > 1000

@@ -31,3 +31,13 @@ def test_demo_beats_bicubic(tmp_path):
     bicubic = float(re.search(r"bicubic\s+([0-9.]+)", out).group(1))
     ours = float(re.search(r"binarized EDSR\s+([0-9.]+)", out).group(1))
     assert "beats bicubic" in out and ours > bicubic, out[-1500:]
+    # deployed: the packed file ran on the engine, timed against the float network, pictured
+    assert (tmp_path / "demo" / "demo.bsrpack").is_file()
+    from bsr_plugin.deploy.engine import kernels
+
+    assert ("packed engine (" in out) == kernels.available() and re.search(r"float network [0-9.]+ ms", out)
+    picture = Path(re.search(r"zoomed crop below\): (\S+)", out).group(1))
+    import cv2
+
+    width = cv2.imread(str(tmp_path / "demo" / "data" / "val" / "chelsea.png")).shape[1]
+    assert cv2.imread(str(picture)).shape[1] == 3 * (width - width % 2)  # three panels of the x2 HR crop

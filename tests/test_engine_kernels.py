@@ -8,6 +8,7 @@ except under ``CI``, where a missing extension fails the run.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -299,6 +300,18 @@ def test_threads_give_identical_results(isa):
 
 def test_roofline_runs(isa):
     assert E.xor_popcount_roofline(words=64, repeats=10) > 0
+
+
+def test_benchmark_script_smoke(tmp_path):
+    _require_native()
+    from benchmarks import engine_conv
+
+    assert engine_conv.main(["--shape", "1,8,6,10", "--out-channels", "4", "--repeats", "2", "--threads", "1",
+                             "--roofline-repeats", "5", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert {r["isa"] for r in result["rows"]} == set(E.available_isas())
+    assert all(v == 0 for v in result["checks"].values())
+    assert "| threads |" in (tmp_path / "results.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The demo: train a small binarized EDSR on CPU for a few minutes through the ``basicsr train``
-path, on photos that ship inside scikit-image (no download), validate on held-out ones and
-print PSNR/SSIM next to bicubic.
+path, on photos that ship inside scikit-image (no download), then deploy it: export the packed
+file, run the held-out photos through the packed XNOR-popcount engine, print PSNR/SSIM next to
+bicubic and the engine's speed against the float network, and write a side-by-side picture
+(bicubic | binarized | original, with a zoomed crop).
 
     bsr demo [--workdir bsr_demo] [--iters N] [--scale 2]
 """
@@ -9,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import yaml
 
@@ -31,6 +34,11 @@ class DemoResult:
     ssim_bicubic: float
     iters: int
     seconds: float
+    engine: str
+    packed_bytes: int
+    ms_engine: float
+    ms_float: float
+    picture: Path
 
 
 def write_sample_images(folder: Path, names: Sequence[str]) -> None:
@@ -89,20 +97,76 @@ def _cwd(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
-def evaluate(opt: dict, checkpoint: Path) -> tuple[float, float, float, float]:
-    """Mean Y-channel PSNR/SSIM of the trained network and of bicubic on the val images."""
-    import torch
-    from basicsr.archs import build_network
-
+def _val_dataset(opt: dict) -> Any:
     from .datasets import BicubicPairDataset
+
+    return BicubicPairDataset(dict(opt["datasets"]["val"], scale=opt["scale"], phase="val"))
+
+
+def deploy(opt: dict, checkpoint: Path, workdir: Path) -> tuple[Any, int]:
+    """The trained network as a packed file, loaded back on the packed engine (where built)."""
+    from ..deploy.packed import export_packed, load_packed
+    from .network import build_from_spec, load_weights
+
+    net = build_from_spec(opt["network_g"])
+    load_weights(net, str(checkpoint), "params")
+    info = export_packed(net.eval(), workdir / "demo.bsrpack")
+    return load_packed(workdir / "demo.bsrpack"), info.file_bytes
+
+
+def _timed(net: Any, x: Any, repeats: int = 3) -> float:
+    import torch
+
+    with torch.no_grad():
+        net(x)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            net(x)
+    return 1e3 * (time.perf_counter() - start) / repeats
+
+
+def side_by_side(net: Any, dataset: Any, scale: int, path: Path) -> Path:
+    """bicubic | binarized | original of the first held-out photo, a 4x zoomed crop of each
+    below; the picture is written to ``path``."""
+    import cv2
+    import numpy as np
+    from basicsr.utils import tensor2img
+
+    from .evaluation import bicubic_upscaler, network_upscaler
+
+    item = dataset[0]
+    panels = [tensor2img(f(item["lq"])) for f in (bicubic_upscaler(scale), network_upscaler(net))]
+    panels.append(tensor2img(item["gt"]))
+    h, w = panels[-1].shape[:2]
+    size = min(h, w) // 4
+    top, left = (h - size) // 2, (w - size) // 2
+    crops = [cv2.resize(p[top:top + size, left:left + size], (w, w), interpolation=cv2.INTER_NEAREST)
+             for p in panels]
+    for p in panels:
+        cv2.rectangle(p, (left, top), (left + size, top + size), (0, 0, 255), 2)
+    picture = np.concatenate([np.concatenate(panels, 1), np.concatenate(crops, 1)], 0)
+    for k, label in enumerate(("bicubic", "binarized (packed engine)", "original")):
+        cv2.putText(picture, label, (k * w + 8, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2)
+    cv2.imwrite(str(path), picture)
+    return path
+
+
+def evaluate(opt: dict, checkpoint: Path, workdir: Path) -> DemoResult:
+    """Scores of the deployed network (packed file, packed engine) and of bicubic on the val
+    photos, the engine's time against the float network, and the side-by-side picture."""
+    from ..deploy.engine.bench import float_twin
+    from ..deploy.packed import load_packed
     from .evaluation import bicubic_upscaler, network_upscaler, score
 
     scale = opt["scale"]
-    net = build_network(opt["network_g"])
-    net.load_state_dict(torch.load(checkpoint, map_location="cpu")["params"])
-    ds = BicubicPairDataset(dict(opt["datasets"]["val"], scale=scale, phase="val"))
+    net, packed_bytes = deploy(opt, checkpoint, workdir)
+    ds = _val_dataset(opt)
     ours, bicubic = score(network_upscaler(net), ds, scale), score(bicubic_upscaler(scale), ds, scale)
-    return ours["psnr"], ours["ssim"], bicubic["psnr"], bicubic["ssim"]
+    x = ds[0]["lq"][None]
+    float_net = float_twin(load_packed(workdir / "demo.bsrpack", engine="float"))
+    picture = side_by_side(net, ds, scale, workdir / "side_by_side.png")
+    return DemoResult(ours["psnr"], ours["ssim"], bicubic["psnr"], bicubic["ssim"], 0, 0.0, net.bsr_engine,
+                      packed_bytes, _timed(net, x), _timed(float_net, x), picture)
 
 
 def run(workdir: Path, iters: int, scale: int) -> DemoResult:
@@ -119,14 +183,16 @@ def run(workdir: Path, iters: int, scale: int) -> DemoResult:
     opt_path = workdir / f"{name}.yml"
     opt_path.write_text(yaml.safe_dump(opt, sort_keys=False))
     start = time.time()
+    level = logging.getLogger("bsr_plugin").level
     with _cwd(workdir):
         rc = basicsr_main(["train", "-opt", str(opt_path)])
+    logging.getLogger("bsr_plugin").setLevel(level)  # the basicsr command logs the plugin at INFO
     if rc != 0:
         raise RuntimeError(f"demo training failed (exit code {rc})")
     seconds = time.time() - start
-    checkpoint = workdir / "experiments" / name / "models" / "net_g_latest.pth"
-    psnr, ssim, psnr_b, ssim_b = evaluate(opt, checkpoint)
-    return DemoResult(psnr, ssim, psnr_b, ssim_b, iters, seconds)
+    result = evaluate(opt, workdir / "experiments" / name / "models" / "net_g_latest.pth", workdir)
+    result.iters, result.seconds = iters, seconds
+    return result
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -143,9 +209,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{res.seconds:.0f} s on {args.workdir}/data/val (held out), Y channel:\n")
     out.write(f"  {'':<16}{'PSNR (dB)':>10}{'SSIM':>8}\n")
     out.write(f"  {'bicubic':<16}{res.psnr_bicubic:>10.2f}{res.ssim_bicubic:>8.4f}\n")
-    out.write(f"  {'binarized EDSR':<16}{res.psnr:>10.2f}{res.ssim:>8.4f}\n")
+    out.write(f"  {'binarized EDSR':<16}{res.psnr:>10.2f}{res.ssim:>8.4f}   (from {args.workdir}/demo.bsrpack, "
+              f"{res.packed_bytes:,} bytes, on the {res.engine})\n")
     verdict = "beats" if res.psnr > res.psnr_bicubic else "does NOT beat"
     out.write(f"  the binarized network {verdict} bicubic by {res.psnr - res.psnr_bicubic:+.2f} dB\n")
+    out.write(f"  speed on one held-out photo: {res.ms_engine:.1f} ms, the float network {res.ms_float:.1f} ms "
+              f"({res.ms_float / res.ms_engine:.2f}x; head, tail and upsampler stay full precision)\n")
+    out.write(f"  side by side (bicubic | binarized | original, zoomed crop below): {res.picture}\n")
     return 0
 
 

@@ -1,7 +1,7 @@
-"""The packed XNOR-popcount engine: CPU inference kernels of binarized convs and linears.
-
-See :mod:`bsr_plugin.deploy.engine.kernels` for the semantics, the packed layout and the
-fallback to the float simulation when the C++ extension is not built.
+"""The packed XNOR-popcount engine: CPU inference kernels of binarized convs and linears
+(:mod:`.kernels`: the semantics, the packed layout, the fallback to the float simulation when
+the C++ extension is not built), the inference modules that run them and the swap that puts
+them into a network (:mod:`.modules`), and ``bsr bench`` (:mod:`.bench`).
 """
 
 from .kernels import (
@@ -27,9 +27,14 @@ from .kernels import (
     use_isa,
     xor_popcount_roofline,
 )
+from .modules import PackedBinaryConv2d, PackedBinaryLinear, is_packed, to_engine
 
 __all__ = [
     "ISAS",
+    "PackedBinaryConv2d",
+    "PackedBinaryLinear",
+    "is_packed",
+    "to_engine",
     "SHORTCUTS",
     "available",
     "available_isas",

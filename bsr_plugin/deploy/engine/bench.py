@@ -98,7 +98,7 @@ def _end_to_end(net: nn.Module, x: torch.Tensor, repeats: int) -> float:
 
 
 @torch.no_grad()
-def _per_layer(net: nn.Module, x: torch.Tensor, names: list[str], repeats: int) -> dict[str, float]:
+def per_layer_times(net: nn.Module, x: torch.Tensor, names: list[str], repeats: int) -> dict[str, float]:
     times: dict[str, list[float]] = {n: [] for n in names}
     starts: dict[str, float] = {}
     handles = []
@@ -139,7 +139,7 @@ def bench_packed(path: str, size_hw: tuple[int, int], threads: list[int], repeat
         for n in threads:
             torch.set_num_threads(n)
             e2e = {k: _end_to_end(net, x, repeats) for k, net in nets.items()}
-            per = {k: _per_layer(net, x, names, max(1, repeats // 2)) for k, net in nets.items()}
+            per = {k: per_layer_times(net, x, names, max(1, repeats // 2)) for k, net in nets.items()}
             runs.append(BenchRun(n, e2e, {name: {k: per[k][name] for k in NETWORKS} for name in names}))
     finally:
         torch.set_num_threads(saved)

@@ -13,7 +13,7 @@ with shortcut ``none``, ``identity`` (C == O), ``repeat`` (O = k C: ``x.repeat_i
 or ``mean`` (C = k O: the mean of each group of k consecutive input channels), only when the
 output has the input's spatial size. :func:`binary_linear` is the same on the last dimension.
 
-Packed layout (bit 1 = sign +1, as :mod:`bsr_plugin.packing`): an input becomes int64
+Packed layout (bit 1 = sign +1, as :mod:`bsr_plugin.core.bits`): an input becomes int64
 ``[N, Hp, Wp, ceil(C / 64)]`` words (channel ``c`` is bit ``c % 64`` of word ``c // 64``; padding
 pixels have every valid lane set), a conv weight ``[O, KH, KW, ceil(C / 64)]``, a linear weight
 ``[N, ceil(K / 64)]``; lanes beyond the channel count are 0, so

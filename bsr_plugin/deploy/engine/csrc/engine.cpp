@@ -5,7 +5,7 @@
 //   dot = conv2d(xb, sign(w)) (groups 1, any kernel, stride, dilation)
 //   y   = scale[o] * dot + bias[o];  optional RPReLU;  + real shortcut of x
 //
-// Bit layout (shared with bsr_plugin.packing): bit 1 = sign +1 (value >= 0), bit 0 = -1.
+// Bit layout (that of bsr_plugin.core.bits): bit 1 = sign +1 (value >= 0), bit 0 = -1.
 //   packed input   int64 [N, Hp, Wp, CW]   NHWC words, CW = ceil(C / 64); channel c is bit
 //                                          c % 64 of word c / 64; padding pixels have all
 //                                          valid lanes set; lanes >= C are always 0.

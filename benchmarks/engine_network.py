@@ -1,0 +1,255 @@
+"""Whole-network benchmark of the packed engine: EDSR-baseline x4 (64 features, 16 blocks) at
+320x180, the float network against the binarized one loaded from its packed file, on the
+packed engine and on its float simulation, with the upsampler full precision (the default) and
+binarized too (the ``binarize: upsampler`` rule); time end to end and per layer, and peak
+memory, side by side in one run, at 1 thread and at all threads.
+
+    python benchmarks/engine_network.py                      # writes benchmarks/results/engine_network/
+    python benchmarks/engine_network.py --repeats 3 --threads 1 --out /tmp/engine_network
+
+Run it on an otherwise idle machine. Weights are random (as if trained): the time of a network
+does not depend on them. End-to-end times are taken round-robin (one run of each network per
+round; minimum and median over the rounds reported); per-layer times from one more pass with
+forward hooks. Peak memory: each network runs once in a fresh process, after building and one
+warm-up run; the peak resident set (VmHWM, reset through /proc/self/clear_refs) minus the
+resident set just before the measured run is what that inference added (activations and
+workspace), reported with the weights' bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.engine_conv import cpu_model, git_commit, load_average, time_round_robin  # noqa: E402
+
+logger = logging.getLogger("engine_network")
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "engine_network"
+EDSR_BASELINE = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 16, "upscale": 4}
+UPSAMPLER_RULES = [{"binarize": "type:Conv2d"}, {"keep": "first"}, {"keep": "last"}, {"keep": "conv_after_body"},
+                   {"binarize": "upsampler"}]
+VARIANTS = {"body": {}, "upsampler": {"rules": UPSAMPLER_RULES}}
+
+
+@torch.no_grad()
+def _as_if_trained(net: nn.Module) -> nn.Module:
+    from bsr_plugin import binary_layers
+
+    g = torch.Generator().manual_seed(1)
+    for _, layer in binary_layers(net):
+        layer.weight.copy_((torch.rand(layer.weight.shape, generator=g) * 2 - 1) * (layer.prior_a or 1.0))
+        if layer.scale is not None:
+            layer.scale.copy_(torch.rand(layer.scale.shape, generator=g) + 0.5)
+    return net.eval()
+
+
+def make_packed_files(folder: Path) -> dict[str, Path]:
+    """One packed EDSR-baseline x4 per variant (the body binarized; the upsampler too)."""
+    from bsr_plugin import export_packed
+    from bsr_plugin.basicsr_ext.archs import EDSRBin
+
+    files = {}
+    for name, binarize in VARIANTS.items():
+        torch.manual_seed(0)
+        files[name] = folder / f"edsr_baseline_x4_{name}.bsrpack"
+        export_packed(_as_if_trained(EDSRBin(**EDSR_BASELINE, binarize=binarize)), files[name])
+    return files
+
+
+def networks(files: dict[str, Path]) -> dict[str, nn.Module]:
+    """``float`` and, per variant, ``<variant>/engine`` and ``<variant>/simulation``."""
+    from bsr_plugin import load_packed
+    from bsr_plugin.basicsr_ext.archs import build_float_arch
+
+    nets: dict[str, nn.Module] = {"float": build_float_arch({"type": "EDSR", **EDSR_BASELINE}).eval()}
+    for name, path in files.items():
+        nets[f"{name}/engine"] = load_packed(path, engine="packed")
+        nets[f"{name}/simulation"] = load_packed(path, engine="float")
+    return nets
+
+
+def end_to_end(nets: dict[str, nn.Module], x: torch.Tensor, repeats: int) -> dict[str, dict[str, float]]:
+    calls = {name: (None, lambda net=net: net(x)) for name, net in nets.items()}
+    with torch.no_grad():
+        times = time_round_robin(calls, repeats, warmup=1)
+    return {name: {"min_ms": 1e3 * min(t["wall"]), "median_ms": 1e3 * statistics.median(t["wall"])}
+            for name, t in times.items()}
+
+
+def per_layer(nets: dict[str, nn.Module], x: torch.Tensor) -> dict[str, dict[str, dict[str, float]]]:
+    """Per variant: binarized layer -> {engine, simulation, float} milliseconds (median of 3)."""
+    from bsr_plugin import is_binary
+    from bsr_plugin.deploy.engine.bench import per_layer_times
+
+    out = {}
+    for variant in VARIANTS:
+        sim = nets[f"{variant}/simulation"]
+        names = [n for n, m in sim.named_modules() if is_binary(m)]
+        times = {"engine": per_layer_times(nets[f"{variant}/engine"], x, names, 3),
+                 "simulation": per_layer_times(sim, x, names, 3), "float": per_layer_times(nets["float"], x, names, 3)}
+        out[variant] = {n: {k: 1e3 * v[n] for k, v in times.items()} for n in names}
+    return out
+
+
+PEAK_SCRIPT = r"""
+import ctypes, gc, json, sys, torch
+sys.path.insert(0, sys.argv[4])
+from benchmarks.engine_network import EDSR_BASELINE
+torch.set_num_threads(int(sys.argv[3]))
+name, path = sys.argv[1], sys.argv[2]
+if name == "float":
+    from bsr_plugin.basicsr_ext.archs import build_float_arch
+    net = build_float_arch({"type": "EDSR", **EDSR_BASELINE}).eval()
+else:
+    from bsr_plugin import load_packed
+    net = load_packed(path, engine="packed" if name.endswith("engine") else "float")
+x = torch.rand(1, 3, int(sys.argv[5]), int(sys.argv[6]))
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+with torch.no_grad():
+    net(x)
+    gc.collect(); ctypes.CDLL("libc.so.6").malloc_trim(0)
+    before = status("VmRSS")
+    open("/proc/self/clear_refs", "w").write("5")
+    y = net(x)
+    peak = status("VmHWM")
+weights = sum(t.numel() * t.element_size() for t in net.state_dict().values())
+print(json.dumps({"added_bytes": peak - before, "peak_rss_bytes": peak, "weights_bytes": weights,
+                  "output_bytes": y.numel() * y.element_size()}))
+"""
+
+
+def peak_memory(files: dict[str, Path], threads: int, size_hw: tuple[int, int]) -> dict[str, dict[str, int]]:
+    """Memory each network's inference adds, measured in a fresh process per network."""
+    result = {}
+    for name in ["float"] + [f"{v}/{k}" for v in VARIANTS for k in ("engine", "simulation")]:
+        path = str(files[name.split("/")[0]]) if "/" in name else ""
+        proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, name, path, str(threads), str(REPO),
+                               str(size_hw[0]), str(size_hw[1])], capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"peak memory of {name} failed:\n{proc.stderr[-2000:]}")
+        result[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        logger.info("peak memory %s: %.0f MB added", name, result[name]["added_bytes"] / 2**20)
+    return result
+
+
+def run(size_hw: tuple[int, int], threads_list: list[int], repeats: int, folder: Path) -> dict[str, Any]:
+    from bsr_plugin.deploy.engine import kernels
+
+    files = make_packed_files(folder)
+    nets = networks(files)
+    x = torch.rand(1, 3, *size_hw, generator=torch.Generator().manual_seed(0))
+    saved = torch.get_num_threads()
+    timing, layers = {}, {}
+    try:
+        for t in threads_list:
+            torch.set_num_threads(t)
+            logger.info("end to end, %d thread(s)", t)
+            timing[str(t)] = end_to_end(nets, x, repeats)
+        torch.set_num_threads(max(threads_list))
+        layers = per_layer(nets, x)
+    finally:
+        torch.set_num_threads(saved)
+    memory = peak_memory(files, max(threads_list), size_hw)
+    return {"input": [1, 3, *size_hw], "network": {"type": "EDSR", **EDSR_BASELINE}, "threads": threads_list,
+            "repeats": repeats, "end_to_end": timing, "per_layer": layers, "memory": memory,
+            "packed_bytes": {k: p.stat().st_size for k, p in files.items()},
+            "engine": kernels.status_line(), "isa": kernels.isa() if kernels.available() else None,
+            "cpu": cpu_model(), "torch": torch.__version__, "commit": git_commit(), "load_average": load_average()}
+
+
+def _speedup(t: dict[str, dict[str, float]], a: str, b: str, key: str = "median_ms") -> float:
+    return t[a][key] / t[b][key]
+
+
+def markdown(r: dict[str, Any]) -> str:
+    h, w = r["input"][2:]
+    lines = [f"# Packed engine, whole network: EDSR-baseline x4 at {w}x{h}", "",
+             f"{r['cpu']}; {r['engine']}; torch {r['torch']}; commit {r['commit']}; load average at the end "
+             f"{r['load_average']}. Median (min) of {r['repeats']} round-robin runs. `body`: the 32 residual-block "
+             "convs binarized (the default), head, tail and upsampler full precision; `upsampler`: the two "
+             "upsampler convs binarized too. `engine`: loaded from the packed file onto the XNOR-popcount "
+             "engine; `simulation`: the same file as float convs on +-1 values; `float`: the float EDSR.", "",
+             "| threads | float (ms) | body: engine | body: simulation | upsampler: engine | upsampler: simulation "
+             "| body speed-up | upsampler speed-up |", "|---|---|---|---|---|---|---|---|"]
+    for t, times in r["end_to_end"].items():
+        cells = [f"{times[k]['median_ms']:.0f} ({times[k]['min_ms']:.0f})" for k in
+                 ("float", "body/engine", "body/simulation", "upsampler/engine", "upsampler/simulation")]
+        lines.append(f"| {t} | " + " | ".join(cells) + f" | {_speedup(times, 'float', 'body/engine'):.2f}x | "
+                     f"{_speedup(times, 'float', 'upsampler/engine'):.2f}x |")
+    mem = r["memory"]
+    lines += ["", "Peak memory of one inference (added to the resident set by the forward pass; weights and "
+              "output listed apart):", "", "| network | added by the inference (MB) | weights (MB) | output (MB) "
+              "| float / this |", "|---|---|---|---|---|"]
+    for name, m in mem.items():
+        ratio = mem["float"]["added_bytes"] / max(m["added_bytes"], 1)
+        lines.append(f"| {name} | {m['added_bytes'] / 2**20:.0f} | {m['weights_bytes'] / 2**20:.2f} | "
+                     f"{m['output_bytes'] / 2**20:.1f} | {ratio:.2f}x |")
+    for variant, rows in r["per_layer"].items():
+        lines += ["", f"Per binarized layer, variant `{variant}`, {max(r['threads'])} thread(s) (ms):", "",
+                  "| layer | engine | simulation | float conv | float / engine |", "|---|---|---|---|---|"]
+        lines += [f"| {n} | {t['engine']:.2f} | {t['simulation']:.2f} | {t['float']:.2f} | "
+                  f"{t['float'] / t['engine']:.2f}x |" for n, t in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(r["per_layer"]), figsize=(14, 5), sharey=True)
+    for ax, (variant, rows) in zip(axes, r["per_layer"].items()):
+        names = list(rows)
+        ax.bar(range(len(names)), [rows[n]["float"] / rows[n]["engine"] for n in names], color="tab:blue")
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=90, fontsize=6)
+        ax.set_title(f"{variant}: float conv time / packed engine time")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(f"speed-up per binarized layer ({max(r['threads'])} threads)")
+    fig.tight_layout()
+    fig.savefig(out / "per_layer_speedup.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="320x180", help="input width x height")
+    parser.add_argument("--threads", default=f"1,{os.cpu_count() or 1}", help="thread counts, e.g. 1,2")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    width, height = (int(v) for v in args.size.split("x"))
+    threads = sorted({int(t) for t in args.threads.split(",")})
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run((height, width), threads, args.repeats, Path(tmp))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=1))
+    (args.out / "results.md").write_text(markdown(result))
+    plot(result, args.out)
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
