@@ -13,11 +13,14 @@ Multi-process: ``torchrun --nproc_per_node=N -m bsr_plugin.basicsr_ext.cli train
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
+
+from ..errors import BsrError, CLIError
 
 USAGE = """usage: basicsr {train,test} -opt OPTIONS.yml [--plugin MODULE ...] [BasicSR flags]
 
@@ -34,55 +37,86 @@ def _pop_plugins(args: list[str]) -> list[str]:
     while "--plugin" in args:
         i = args.index("--plugin")
         if i + 1 >= len(args):
-            raise ValueError("--plugin needs a module name")
+            raise CLIError("--plugin needs a module name")
         plugins.append(args[i + 1])
         del args[i:i + 2]
     return plugins
 
 
 def parse_options(argv: Sequence[str], is_train: bool) -> dict[str, Any]:
-    """BasicSR's own option parsing of ``-opt X.yml [flags]`` (force_yml, scale, paths, num_gpu
-    auto), without starting a distributed process group."""
-    from basicsr.utils import options
+    """The options of ``-opt X.yml [flags]`` exactly as the pipeline will see them (the plugin's
+    safe equivalent of BasicSR's parser, :func:`~bsr_plugin.basicsr_ext.compat.parse_options`:
+    force_yml, scale, paths, num_gpu auto), without starting a distributed process group."""
+    from .compat import parse_options as parse
 
-    args = list(argv)
-    if "--launcher" in args:
-        i = args.index("--launcher")
-        del args[i:i + 2]
-    saved = sys.argv
-    sys.argv = ["basicsr"] + args
-    try:
-        opt, _ = options.parse_options(os.getcwd(), is_train=is_train)
-    finally:
-        sys.argv = saved
+    opt, _ = parse(os.getcwd(), is_train, list(argv), launch=False)
     return opt
 
 
-def preflight(argv: Sequence[str], is_train: bool) -> None:
-    """Check the options named by ``argv``; raise OptionsError with every problem found."""
-    from .options_check import check_options
-
-    opt = parse_options(argv, is_train)
-    for key in ("dist", "rank", "world_size", "auto_resume", "is_train"):
-        opt.pop(key, None)
-    try:
-        check_options(opt, is_train=is_train)
-    finally:
-        _reset_basicsr_logger()
-
-
-def _reset_basicsr_logger() -> None:
-    """Building the network for the check initialises BasicSR's root logger without its log
-    file; undo that so the pipeline sets it up as usual."""
+@contextlib.contextmanager
+def _quiet_basicsr_logger() -> Iterator[None]:
+    """Building networks for the check would initialise BasicSR's root logger (INFO lines on
+    stderr, without its log file): keep it quiet, then undo it so the pipeline sets it up as usual."""
     from basicsr.utils import logger as basicsr_logger
 
-    basicsr_logger.initialized_logger.pop("basicsr", None)
     log = logging.getLogger("basicsr")
-    for handler in list(log.handlers):
+    basicsr_logger.initialized_logger["basicsr"] = True
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        basicsr_logger.initialized_logger.pop("basicsr", None)
+        for handler in list(log.handlers):
+            log.removeHandler(handler)
+        log.setLevel(logging.NOTSET)
+
+
+def preflight(argv: Sequence[str], is_train: bool) -> None:
+    """Check the options named by ``argv`` before anything is written; raise OptionsError with
+    every problem found."""
+    from .options_check import check_options
+
+    with _quiet_basicsr_logger():
+        opt = parse_options(argv, is_train)
+        world_size, dist = opt.pop("world_size", 1), opt.pop("dist", False)
+        for key in ("rank", "auto_resume", "is_train"):
+            opt.pop(key, None)
+        check_options(opt, is_train=is_train, world_size=world_size, dist=dist)
+
+
+def _options_file(args: Sequence[str]) -> str:
+    i = list(args).index("-opt")
+    return args[i + 1] if i + 1 < len(args) else "?"
+
+
+def _run_pipeline(command: str, rest: list[str]) -> None:
+    """BasicSR's own train or test pipeline on ``rest`` (its command line), in the current folder.
+    The plugin's warnings (e.g. a training state ``--auto_resume`` skips) go to stderr."""
+    log = logging.getLogger("bsr_plugin")
+    log.setLevel(logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter(f"basicsr {command}: warning: %(message)s"))
+    log.addHandler(handler)
+    saved = sys.argv
+    sys.argv = [f"basicsr {command}"] + rest
+    try:
+        if command == "train":
+            from basicsr.train import train_pipeline
+
+            train_pipeline(os.getcwd())
+        else:
+            from basicsr.test import test_pipeline
+
+            test_pipeline(os.getcwd())
+    finally:
+        sys.argv = saved
         log.removeHandler(handler)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``basicsr`` console command; returns the exit status (2: a user error,
+    reported in one line before anything is written)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -97,37 +131,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from . import register
     from .compat import patch_runtime
-    from .options_check import OptionsError
 
     register()
     patch_runtime()
     try:
         for module in _pop_plugins(rest):
             importlib.import_module(module)
-    except (ImportError, ValueError) as err:
-        print(f"basicsr {command}: --plugin: {err}", file=sys.stderr)
+        preflight(rest, command == "train")
+    except ImportError as err:
+        print(f"basicsr {command}: error: --plugin: cannot import it: {err}", file=sys.stderr)
         return 2
-    is_train = command == "train"
-    try:
-        preflight(rest, is_train)
-    except (OptionsError, FileNotFoundError) as err:
-        print(f"basicsr {command}: error in {rest[rest.index('-opt') + 1]}: {err}", file=sys.stderr)
+    except BsrError as err:
+        print(f"basicsr {command}: error in {_options_file(rest)}: {err}", file=sys.stderr)
         return 2
-
-    logging.getLogger("bsr_plugin").setLevel(logging.INFO)
-    saved = sys.argv
-    sys.argv = [f"basicsr {command}"] + rest
     try:
-        if is_train:
-            from basicsr.train import train_pipeline
-
-            train_pipeline(os.getcwd())
-        else:
-            from basicsr.test import test_pipeline
-
-            test_pipeline(os.getcwd())
-    finally:
-        sys.argv = saved
+        _run_pipeline(command, rest)
+    except BsrError as err:  # a checkpoint or resume state that cannot be used: found before writing
+        print(f"basicsr {command}: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -23,7 +23,7 @@ the flip ratio of every layer. Learned weight scales get no weight decay.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -49,6 +49,27 @@ from basicsr.utils import get_root_logger  # noqa: E402
 SCHEDULE_KEYS = ("act_from_iter", "weight_from_iter")
 
 
+def schedule_problems(schedule: Any, total_iter: Any) -> list[str]:
+    """Problems with ``train.binarize_schedule`` (checked by the preflight and again here): a
+    mapping of the keys ``SCHEDULE_KEYS`` to integer iterations in ``[0, total_iter]``."""
+    if schedule is None:
+        return []
+    if not isinstance(schedule, Mapping):
+        return [f"train.binarize_schedule must be a mapping {{act_from_iter: N, weight_from_iter: N}}, got "
+                f"{str(schedule)[:80]!r}"]
+    problems = []
+    unknown = sorted(str(k) for k in schedule if k not in SCHEDULE_KEYS)
+    if unknown:
+        problems.append(f"train.binarize_schedule: unknown keys {unknown}; known: {', '.join(SCHEDULE_KEYS)}")
+    total = total_iter if isinstance(total_iter, int) and not isinstance(total_iter, bool) else None
+    for key in SCHEDULE_KEYS:
+        value = schedule.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (total is not None and value > total):
+            problems.append(f"train.binarize_schedule.{key} = {value!r} lies outside [0, total_iter={total_iter}]; "
+                            "give the iteration from which it binarizes")
+    return problems
+
+
 class BinarySRModel(SRModel):
     """SRModel for binarized networks (prior projection, curriculum, staged binarization,
     distillation). Checkpoints (``pretrain_network_g``, the teacher) load with weights only."""
@@ -67,17 +88,13 @@ class BinarySRModel(SRModel):
         train_opt = self.opt["train"]
         self.project_prior = bool(train_opt.get("project_prior", True))
         self.calibration_pending = bool(train_opt.get("calibrate_scales", True))
-        schedule = dict(train_opt.get("binarize_schedule") or {})
-        unknown = set(schedule) - set(SCHEDULE_KEYS)
-        if unknown:
-            raise OptionsError(f"train.binarize_schedule: unknown keys {sorted(unknown)}; known: {SCHEDULE_KEYS}")
+        problems = schedule_problems(train_opt.get("binarize_schedule"), train_opt["total_iter"])
+        if problems:
+            raise OptionsError("; ".join(problems))
+        schedule = train_opt.get("binarize_schedule") or {}
         self.act_from = int(schedule.get("act_from_iter", 0))
         self.weight_from = int(schedule.get("weight_from_iter", 0))
-        total = int(train_opt["total_iter"])
-        for key, value in (("act_from_iter", self.act_from), ("weight_from_iter", self.weight_from)):
-            if not 0 <= value <= total:
-                raise OptionsError(f"train.binarize_schedule.{key} = {value} lies outside [0, total_iter={total}]")
-        self.total_iter = total
+        self.total_iter = int(train_opt["total_iter"])
         self.cri_prior = build_loss(train_opt["prior_opt"]).to(self.device) if train_opt.get("prior_opt") else None
         self.distiller = self._build_distiller(train_opt.get("distill"))
         super().init_training_settings()

@@ -27,8 +27,13 @@ def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
     from . import register
 
     register()
+    from basicsr.utils.registry import ARCH_REGISTRY
+
     if not isinstance(spec, Mapping) or "type" not in spec:
         raise OptionsError(f"a BasicSR network spec is a mapping with a 'type', got {str(spec)[:200]}")
+    if not isinstance(spec["type"], str) or spec["type"] not in ARCH_REGISTRY:
+        raise OptionsError(f"network type {str(spec['type'])[:80]!r} is not in BasicSR's architecture registry "
+                           "(import the module that registers a custom architecture first)")
     return build_network(dict(spec))
 
 

@@ -1,19 +1,25 @@
-"""Check a BasicSR options file before anything runs: every type resolves in the registries,
-no key is unknown (a key that does nothing is an error), the dataset folders exist and the
-scale agrees with the data. One :class:`OptionsError` lists every problem with its fix."""
+"""The preflight: check a BasicSR options file before anything is written or runs. Every
+type resolves in the registries, no key is unknown (a key that does nothing is an error),
+every value has its type and range, the network's upscale is the options' scale, the dataset
+folders exist and every image pairs up with the scale (:mod:`.dataset_check`), the checkpoints
+named load safely and fit the network, the binarize schedule and the distillation teacher are
+usable, and BasicSR's epoch arithmetic reaches ``total_iter``. One :class:`OptionsError` lists
+every problem found, each with its fix; a problem in one section does not stop the others."""
 
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional
 
 import torch
+from torch import nn
 
 from ..conversion import BinarizeConfig
-from ..errors import ConfigError, OptionsError
-from .compat import import_basicsr
+from ..errors import CheckpointError, ConfigError, OptionsError
+from .compat import checkpoint_state, import_basicsr
 
 TOP_KEYS = {"name", "model_type", "scale", "num_gpu", "manual_seed", "datasets", "network_g", "network_d", "path",
             "train", "val", "logger", "dist_params", "find_unused_parameters"}
@@ -74,63 +80,138 @@ def _check_named_scale(where: str, text: str, scale: int, problems: list[str]) -
         problems.append(f"{where}: {text!r} names scale x{min(named)} but scale is {scale}")
 
 
-def _first_image(folder: str) -> str | None:
-    for name in sorted(os.listdir(folder)):
-        if name.lower().endswith((".png", ".jpg", ".jpeg", ".bmp")):
-            return os.path.join(folder, name)
-    return None
+def _is_int(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def _check_dataset(phase: str, ds: Mapping[str, Any], scale: int | None, check_data: bool, problems: list[str]) -> None:
-    where = f"datasets.{phase}"
-    _unknown(where, ds.keys(), DATASET_KEYS, problems)
-    if not _check_type(where, ds, "DATASET", problems):
-        return
+def _section(opt: Mapping[str, Any], key: str, problems: list[str]) -> Mapping[str, Any]:
+    """``opt[key]`` when it is a mapping (an empty one when absent); another type is a problem."""
+    value = opt.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.append(f"{key}: must be a mapping of options, got {str(value)[:80]!r}")
+        return {}
+    return value
+
+
+def _check_top(opt: Mapping[str, Any], is_train: bool, problems: list[str]) -> None:
+    """Top-level keys: none unknown, the required ones present, and their types."""
+    _unknown("options", opt.keys(), TOP_KEYS, problems)
+    required = ("name", "model_type", "num_gpu", "datasets", "network_g", "path") + (("train", "logger") if is_train
+                                                                                    else ())
+    problems += [f"options: required key {key!r} is missing" for key in required if key not in opt]
+    name = opt.get("name")
+    if "name" in opt and (not isinstance(name, str) or not name or name in (".", "..") or re.search(r"[/\\]", name)):
+        problems.append(f"name: {str(name)[:80]!r} must be a plain folder name (experiments/<name>, results/<name>), "
+                        "without a path separator")
+    model_type = opt.get("model_type")
+    if "model_type" in opt and (not isinstance(model_type, str) or model_type not in _registry("MODEL")):
+        problems.append(f"model_type: {model_type!r} is not in BasicSR's model registry")
+    num_gpu = opt.get("num_gpu", "auto")
+    if num_gpu != "auto" and not _is_int(num_gpu):
+        problems.append(f"num_gpu: {num_gpu!r} must be auto or a number of GPUs")
+    elif _is_int(num_gpu, 1) and not torch.cuda.is_available():
+        problems.append(f"num_gpu: {num_gpu!r} but this machine has no CUDA device; use num_gpu: auto (or 0)")
+    if "scale" in opt and not _is_int(opt["scale"], 1):
+        problems.append(f"scale: {opt['scale']!r} must be a whole upscaling factor (2, 3, 4, ...)")
+    if opt.get("manual_seed") is not None and not _is_int(opt["manual_seed"]):
+        problems.append(f"manual_seed: {opt['manual_seed']!r} must be a whole number >= 0")
+
+
+def _check_roots(where: str, ds: Mapping[str, Any], check_data: bool, problems: list[str]) -> bool:
+    """The folders exist; True when they all do."""
+    ok = True
     for key in ("dataroot_gt", "dataroot_lq"):
         roots = ds.get(key)
         for root in [roots] if isinstance(roots, str) else (roots or []):
-            if check_data and not os.path.isdir(os.path.expanduser(root)):
+            if check_data and not os.path.isdir(os.path.expanduser(str(root))):
+                ok = False
                 problems.append(f"{where}.{key}: folder {root!r} does not exist (relative to {os.getcwd()!r}); "
                                 "prepare the data as README.md says, or point the option at it")
-            if scale and key == "dataroot_lq":
-                _check_named_scale(f"{where}.{key}", root, scale, problems)
+    return ok
+
+
+def _check_names(where: str, ds: Mapping[str, Any], scale: int, problems: list[str]) -> None:
+    """Without the data to look at: the LR folder and the template must not name another scale."""
+    roots = ds.get("dataroot_lq")
+    for root in [roots] if isinstance(roots, str) else (roots or []):
+        _check_named_scale(f"{where}.dataroot_lq", str(root), scale, problems)
+    if isinstance(ds.get("filename_tmpl"), str):
+        _check_named_scale(f"{where}.filename_tmpl", ds["filename_tmpl"], scale, problems)
+
+
+def _check_dataset(phase: str, ds: Mapping[str, Any], scale: Optional[int], check_data: bool,
+                   problems: list[str]) -> Optional[int]:
+    """One dataset; returns its number of samples where the preflight can count them."""
+    where = f"datasets.{phase}"
+    _unknown(where, ds.keys(), DATASET_KEYS, problems)
+    if not _check_type(where, ds, "DATASET", problems):
+        return None
+    roots_exist = _check_roots(where, ds, check_data, problems)
     tmpl = ds.get("filename_tmpl")
-    if scale and tmpl:
-        _check_named_scale(f"{where}.filename_tmpl", tmpl, scale, problems)
-    if scale and ds.get("gt_size") and int(ds["gt_size"]) % scale:
-        problems.append(f"{where}.gt_size: {ds['gt_size']} is not a multiple of scale {scale}")
-    gt, lq = ds.get("dataroot_gt"), ds.get("dataroot_lq")
-    if check_data and scale and isinstance(gt, str) and isinstance(lq, str) and os.path.isdir(gt) and os.path.isdir(lq):
-        _check_pair_sizes(where, gt, lq, tmpl or "{}", scale, problems)
+    if tmpl is not None and (not isinstance(tmpl, str) or "{}" not in tmpl):
+        problems.append(f"{where}.filename_tmpl: {tmpl!r} must hold '{{}}' where the HR name goes, e.g. '{{}}x4'")
+        return None
+    if scale and not (check_data and roots_exist):  # the images themselves are checked otherwise
+        _check_names(where, ds, scale, problems)
+    train = phase == "train"
+    gt_size = ds.get("gt_size")
+    if train and ds["type"] in ("PairedImageDataset", "BicubicPairDataset") and not _is_int(gt_size, 1):
+        problems.append(f"{where}.gt_size: {gt_size!r}; training crops need a positive gt_size (a multiple of scale)")
+    elif scale and _is_int(gt_size, 1) and gt_size % scale:
+        problems.append(f"{where}.gt_size: {gt_size} is not a multiple of scale {scale}")
+    if train:
+        for key, default in (("batch_size_per_gpu", None), ("dataset_enlarge_ratio", 1), ("num_worker_per_gpu", 0)):
+            if not _is_int(ds.get(key, default), 0 if key == "num_worker_per_gpu" else 1):
+                problems.append(f"{where}.{key}: {ds.get(key, default)!r} must be a whole number "
+                                f"{'>= 0' if key == 'num_worker_per_gpu' else '>= 1'}")
+    if not (check_data and roots_exist and scale):
+        return None
+    return _check_data(where, ds, scale, problems)
 
 
-def _check_pair_sizes(where: str, gt: str, lq: str, tmpl: str, scale: int, problems: list[str]) -> None:
-    import cv2
+def _check_data(where: str, ds: Mapping[str, Any], scale: int, problems: list[str]) -> Optional[int]:
+    """The images themselves (:mod:`.dataset_check`) for the dataset types the plugin knows."""
+    from .dataset_check import check_bicubic, check_paired
 
-    hr_path = _first_image(gt)
-    if hr_path is None:
-        problems.append(f"{where}.dataroot_gt: {gt!r} holds no images")
-        return
-    stem, ext = os.path.splitext(os.path.basename(hr_path))
-    lr_path = os.path.join(lq, tmpl.format(stem) + ext)
-    if not os.path.isfile(lr_path):
-        problems.append(f"{where}: no LR file {lr_path!r} for {hr_path!r} (check dataroot_lq and filename_tmpl)")
-        return
-    hr, lr = cv2.imread(hr_path, cv2.IMREAD_UNCHANGED), cv2.imread(lr_path, cv2.IMREAD_UNCHANGED)
-    if hr is None or lr is None:
-        problems.append(f"{where}: cannot read {hr_path!r} or {lr_path!r}")
-        return
-    (hh, hw), (lh, lw) = hr.shape[:2], lr.shape[:2]
-    if (hh // scale, hw // scale) != (lh, lw):
-        ratio = round(hh / max(lh, 1))
-        problems.append(f"scale {scale} disagrees with the data: {os.path.basename(hr_path)} is {hw}x{hh} but its LR "
-                        f"{os.path.basename(lr_path)} is {lw}x{lh} (scale {ratio}); fix 'scale' or the dataset paths")
+    if ds["type"] == "BicubicPairDataset" and isinstance(ds.get("dataroot_gt"), str):
+        return check_bicubic(where, ds, scale, problems)
+    if ds["type"] != "PairedImageDataset":
+        return None
+    backend = ds.get("io_backend")
+    if not isinstance(backend, Mapping) or "type" not in backend:
+        problems.append(f"{where}.io_backend is missing: PairedImageDataset needs it (io_backend: {{type: disk}})")
+        return None
+    if backend["type"] == "disk" and not ds.get("meta_info_file") and isinstance(ds.get("dataroot_gt"), str) \
+            and isinstance(ds.get("dataroot_lq"), str):
+        return check_paired(where, ds, scale, problems)
+    return None
 
 
-def _check_network(opt: Mapping[str, Any], problems: list[str]) -> None:
+def _check_datasets(opt: Mapping[str, Any], check_data: bool, problems: list[str]) -> dict[str, Optional[int]]:
+    """Every dataset; returns the samples counted per phase."""
+    scale = opt.get("scale") if _is_int(opt.get("scale"), 1) else None
+    counts: dict[str, Optional[int]] = {}
+    for phase, ds in _section(opt, "datasets", problems).items():
+        if str(phase).split("_")[0] not in ("train", "val", "test"):
+            problems.append(f"datasets.{phase}: phase must be train, val_* or test_*")
+        elif not isinstance(ds, Mapping):
+            problems.append(f"datasets.{phase}: must be a mapping with a 'type', got {str(ds)[:80]!r}")
+        else:
+            counts[str(phase)] = _check_dataset(str(phase), ds, scale, check_data, problems)
+    return counts
+
+
+def _check_network(opt: Mapping[str, Any], problems: list[str]) -> Optional[nn.Module]:
+    """``network_g``: its type, binarize config, upscale = scale; returns it built (None if it cannot be)."""
     net = opt.get("network_g")
-    if not _check_type("network_g", net, "ARCH", problems):
-        return
+    found: list[str] = []
+    if "network_g" not in opt:  # reported with the required keys
+        return None
+    if not _check_type("network_g", net, "ARCH", found):
+        problems += found
+        return None
     from .archs import BINARIZED_ARCHS, check_arch_spec
 
     if net["type"] in BINARIZED_ARCHS:
@@ -139,95 +220,176 @@ def _check_network(opt: Mapping[str, Any], problems: list[str]) -> None:
             if net["type"] == "BinarizedArch":
                 check_arch_spec(net.get("arch"))
         except (ConfigError, KeyError, ValueError) as err:
-            problems.append(f"network_g: {err.args[0] if err.args else err}")
-            return
-    if not problems:
-        from basicsr.archs import build_network
-
-        try:
-            build_network(dict(net))
-        except (ConfigError, KeyError, TypeError, ValueError, RuntimeError) as err:
-            problems.append(f"network_g: cannot build it: {err.args[0] if err.args else err}")
-
-
-def check_options(opt: Mapping[str, Any], is_train: bool, check_data: bool = True) -> None:
-    """Raise :class:`OptionsError` listing every problem of a parsed BasicSR options dict."""
-    problems: list[str] = []
-    _unknown("options", opt.keys(), TOP_KEYS, problems)
-    for key in ("name", "model_type", "num_gpu", "datasets", "network_g", "path") + (("train", "logger") if is_train
-                                                                                    else ()):
-        if key not in opt:
-            problems.append(f"options: required key {key!r} is missing")
-    if problems:
-        raise OptionsError(_message(problems))
-    model_type = opt["model_type"]
-    if model_type not in _registry("MODEL"):
-        problems.append(f"model_type: {model_type!r} is not in BasicSR's model registry")
-    num_gpu = opt["num_gpu"]
-    if num_gpu not in ("auto", 0) and not torch.cuda.is_available():
-        problems.append(f"num_gpu: {num_gpu!r} but this machine has no CUDA device; use num_gpu: auto (or 0)")
+            found.append(f"network_g: {err.args[0] if err.args else err}")
     scale = opt.get("scale")
-    for phase, ds in (opt.get("datasets") or {}).items():
-        if phase.split("_")[0] not in ("train", "val", "test"):
-            problems.append(f"datasets.{phase}: phase must be train, val_* or test_*")
-            continue
-        _check_dataset(phase, ds, scale, check_data, problems)
-    _unknown("path", (opt.get("path") or {}).keys(), PATH_KEYS, problems)
-    _check_network(opt, problems)
-    if is_train:
-        _check_train(opt, problems)
-    val = opt.get("val")
-    if val:
-        _unknown("val", val.keys(), VAL_KEYS, problems)
-        for name, metric in (val.get("metrics") or {}).items():
-            _check_type(f"val.metrics.{name}", metric, "METRIC", problems)
-        if not is_train and val.get("save_img") and "suffix" not in val:
-            problems.append("val.suffix is missing: BasicSR's test pipeline needs it with save_img: true (use ~)")
-    if opt.get("logger"):
-        _unknown("logger", opt["logger"].keys(), LOGGER_KEYS, problems)
-        if (opt["logger"].get("wandb") or {}).get("project"):
-            try:
-                import wandb  # noqa: F401
-            except ImportError:
-                problems.append("logger.wandb.project is set but wandb is not installed; set it to ~")
+    for where, spec in (("network_g", net), ("network_g.arch", net.get("arch"))):
+        if isinstance(spec, Mapping) and "upscale" in spec and _is_int(scale, 1) and spec["upscale"] != scale:
+            found.append(f"{where}.upscale is {spec['upscale']!r} but scale is {scale}: the network would output "
+                         f"x{spec['upscale']} images for x{scale} data; set both to the same factor")
+    problems += found
+    if found:
+        return None
+    from basicsr.archs import build_network
+
+    from ..core.registry import is_binary
+
+    try:
+        built = build_network(dict(net))
+    except (ConfigError, KeyError, TypeError, ValueError, RuntimeError) as err:
+        problems.append(f"network_g: cannot build it: {err.args[0] if err.args else err}")
+        return None
+    if opt.get("model_type") == "BinarySRModel" and not any(is_binary(m) for m in built.modules()):
+        problems.append(f"network_g: BinarySRModel needs a binarized network, but {net['type']!r} has no binarized "
+                        "layer; use type BinarizedArch (with arch: {type: ...}), EDSRBin or MSRResNetBin, or "
+                        "model_type SRModel for a float network")
+    return built
+
+
+def _check_path(opt: Mapping[str, Any], is_train: bool, net: Optional[nn.Module], check_files: bool,
+                problems: list[str]) -> None:
+    """``path``: no unknown key; ``pretrain_network_g`` (required by ``basicsr test``) loads
+    safely and fits ``network_g``; ``resume_state`` exists."""
+    path = _section(opt, "path", problems)
+    _unknown("path", path.keys(), PATH_KEYS, problems)
+    resume = path.get("resume_state")
+    if check_files and is_train and resume is not None and not (isinstance(resume, str) and os.path.isfile(resume)):
+        problems.append(f"path.resume_state: {resume!r} does not exist; point it at a training_states/<iter>.state "
+                        "file, or use --auto_resume")
+    ckpt = path.get("pretrain_network_g")
+    if ckpt is not None and not check_files:
+        return
+    if ckpt is None:
+        if not is_train and "path" in opt:
+            problems.append("path.pretrain_network_g is missing: basicsr test would test an untrained network_g; "
+                            "point it at the trained weights (experiments/<name>/models/net_g_latest.pth)")
+        return
+    if not isinstance(ckpt, str) or not os.path.isfile(ckpt):
+        problems.append(f"path.pretrain_network_g: {ckpt!r} does not exist (relative to {os.getcwd()!r}); point it at "
+                        "a net_g_*.pth file" + ("" if is_train else ", or train first"))
+        return
+    try:
+        state = checkpoint_state(ckpt, path.get("param_key_g", "params"))
+    except CheckpointError as err:
+        problems.append(f"path.pretrain_network_g: {err}")
+        return
+    if net is not None:
+        try:
+            net.load_state_dict(state, strict=bool(path.get("strict_load_g", True)))
+        except RuntimeError as err:
+            problems.append(f"path.pretrain_network_g: {ckpt} does not fit network_g ({str(err).splitlines()[0]} "
+                            f"...); give the checkpoint of this network, or set network_g as it was trained")
+
+
+def check_options(opt: Mapping[str, Any], is_train: bool, check_data: bool = True, *, world_size: int = 1,
+                  dist: bool = False) -> None:
+    """Raise :class:`OptionsError` listing every problem of a parsed BasicSR options dict.
+
+    ``check_data``: also look at the dataset folders, images and checkpoint files (off for
+    shipped examples whose data and weights are not there); ``world_size`` / ``dist``: how the training will be launched
+    (for BasicSR's epoch arithmetic)."""
+    problems: list[str] = []
+    _check_top(opt, is_train, problems)
+    counts = _check_datasets(opt, check_data, problems)
+    net = _check_network(opt, problems)
+    _check_path(opt, is_train, net, check_data, problems)
+    if is_train and "train" in opt:
+        _check_train(opt, problems, counts.get("train"), world_size, dist, check_data)
+    val = _section(opt, "val", problems)
+    _unknown("val", val.keys(), VAL_KEYS, problems)
+    for name, metric in (val.get("metrics") or {}).items():
+        _check_type(f"val.metrics.{name}", metric, "METRIC", problems)
+    if not is_train and val.get("save_img") and "suffix" not in val:
+        problems.append("val.suffix is missing: BasicSR's test pipeline needs it with save_img: true (use ~)")
+    logger = _section(opt, "logger", problems)
+    _unknown("logger", logger.keys(), LOGGER_KEYS, problems)
+    if (logger.get("wandb") or {}).get("project"):
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            problems.append("logger.wandb.project is set but wandb is not installed; set it to ~")
     if problems:
         raise OptionsError(_message(problems))
 
 
-def _check_train(opt: Mapping[str, Any], problems: list[str]) -> None:
-    train = opt["train"]
-    binary = opt["model_type"] == "BinarySRModel"
-    if opt["model_type"] in ("SRModel", "BinarySRModel"):
+def _check_train(opt: Mapping[str, Any], problems: list[str], n_train: Optional[int], world_size: int,
+                 dist: bool, check_files: bool) -> None:
+    train = _section(opt, "train", problems)
+    binary = opt.get("model_type") == "BinarySRModel"
+    if opt.get("model_type") in ("SRModel", "BinarySRModel"):
         _unknown("train", train.keys(), SR_TRAIN_KEYS | (BINARY_TRAIN_KEYS if binary else set()), problems)
     for key in ("pixel_opt", "perceptual_opt", "prior_opt"):
         if train.get(key):
             _check_type(f"train.{key}", train[key], "LOSS", problems)
-    optim = train.get("optim_g") or {}
-    if optim.get("type") != "Adam":
-        problems.append(f"train.optim_g.type: {optim.get('type')!r}; basicsr 1.4.2 supports only Adam")
-    sched = (train.get("scheduler") or {}).get("type")
+    optim, sched = train.get("optim_g"), train.get("scheduler")
+    optim_type = optim.get("type") if isinstance(optim, Mapping) else optim
+    if optim_type != "Adam":
+        problems.append(f"train.optim_g.type: {optim_type!r}; basicsr 1.4.2 supports only Adam")
+    sched = sched.get("type") if isinstance(sched, Mapping) else sched
     if sched not in SCHEDULERS:
         problems.append(f"train.scheduler.type: {sched!r} is not one of {SCHEDULERS}")
-    if "total_iter" not in train:
-        problems.append("train.total_iter is missing")
-    if "train" not in (opt.get("datasets") or {}):
+    total = train.get("total_iter")
+    if not _is_int(total, 1):
+        problems.append(f"train.total_iter: {total!r}; give the number of iterations to train (>= 1)")
+    datasets = opt.get("datasets") if isinstance(opt.get("datasets"), Mapping) else {}
+    if "train" not in datasets and isinstance(opt.get("datasets"), Mapping):
         problems.append("datasets.train is missing")
-    if binary and train.get("distill"):
-        _check_distill(opt, train["distill"], problems)
+    if binary:
+        from .models import schedule_problems
+
+        problems += schedule_problems(train.get("binarize_schedule"), total)
+        if train.get("distill"):
+            _check_distill(opt, train["distill"], check_files, problems)
+    if n_train and _is_int(total, 1) and isinstance(datasets.get("train"), Mapping):
+        _check_iterations(opt, datasets["train"], n_train, world_size, dist, problems)
 
 
-def _check_distill(opt: Mapping[str, Any], distill: Any, problems: list[str]) -> None:
+def iterations_run(samples: int, ratio: int, batch_per_gpu: int, batch: int, world_size: int, total: int) -> int:
+    """Iterations BasicSR's ``train_pipeline`` runs from 0 (at most ``total``): it plans
+    ``ceil(total / ceil(samples * ratio / (batch_per_gpu * world_size)))`` epochs and loops over
+    that many plus one, each of ``floor(ceil(samples * ratio / world_size) / batch)`` batches (the
+    data loader drops the last incomplete batch)."""
+    per_epoch = math.ceil(samples * ratio / world_size) // batch
+    planned = math.ceil(total / math.ceil(samples * ratio / (batch_per_gpu * world_size)))
+    return min(total, (planned + 1) * per_epoch)
+
+
+def _check_iterations(opt: Mapping[str, Any], ds: Mapping[str, Any], samples: int, world_size: int, dist: bool,
+                      problems: list[str]) -> None:
+    """``train.total_iter`` must be reached with BasicSR's epoch arithmetic on this dataset."""
+    bs, ratio, total = ds.get("batch_size_per_gpu"), ds.get("dataset_enlarge_ratio", 1), opt["train"]["total_iter"]
+    if not (_is_int(bs, 1) and _is_int(ratio, 1)):
+        return
+    num_gpu = opt.get("num_gpu") if _is_int(opt.get("num_gpu")) else 0
+    batch = bs if dist else bs * max(num_gpu, 1)
+    reached = iterations_run(samples, ratio, bs, batch, world_size, total)
+    if reached >= total:
+        return
+    fix = next(r for r in range(ratio + 1, ratio + batch * world_size + 1)
+               if iterations_run(samples, r, bs, batch, world_size, total) >= total)
+    per_epoch = math.ceil(samples * ratio / world_size) // batch
+    problems.append(f"train.total_iter {total} is never reached: {samples} training samples x dataset_enlarge_ratio "
+                    f"{ratio} make {per_epoch} full batches of {batch} per epoch and BasicSR's epoch count stops after "
+                    f"{reached} iterations; set datasets.train.dataset_enlarge_ratio to {fix}"
+                    + (f" (or total_iter to {reached})" if reached else ""))
+
+
+def _check_distill(opt: Mapping[str, Any], distill: Any, check_files: bool, problems: list[str]) -> None:
     """The teacher: its options, its checkpoint, and an output of the student's shape."""
-    from .distill import check_distill_options
+    from .distill import check_distill_options, matched_features
 
     found = check_distill_options(distill)
-    problems.extend(found)
-    if found or not _check_type("train.distill.network", distill["network"], "ARCH", problems):
-        return
-    if not os.path.isfile(os.path.expanduser(distill["pretrain"])):
-        problems.append(f"train.distill.pretrain: the teacher checkpoint {distill['pretrain']!r} does not exist "
-                        "(train the float network first, or point the option at its net_g_*.pth)")
-    if problems:
+    if not found and _check_type("train.distill.network", distill["network"], "ARCH", found) and check_files:
+        pretrain = os.path.expanduser(distill["pretrain"])
+        if not os.path.isfile(pretrain):
+            found.append(f"train.distill.pretrain: the teacher checkpoint {distill['pretrain']!r} does not exist "
+                         "(train the float network first, or point the option at its net_g_*.pth)")
+        else:
+            try:
+                checkpoint_state(pretrain, distill.get("param_key", "params_ema"))
+            except CheckpointError as err:
+                found.append(f"train.distill.pretrain: {err}")
+    problems += found
+    if found or not isinstance(opt.get("network_g"), Mapping):
         return
     from basicsr.archs import build_network
 
@@ -243,6 +405,11 @@ def _check_distill(opt: Mapping[str, Any], distill: Any, problems: list[str]) ->
     if shapes[0] != shapes[1]:
         problems.append(f"train.distill.network: the teacher's output {shapes[0]} differs from network_g's "
                         f"{shapes[1]} on a 16x16 input; the teacher needs the same scale and channels")
+    if distill.get("feature_weight", 0.0):
+        try:
+            matched_features(student, teacher, list(distill.get("features") or []))
+        except OptionsError as err:
+            problems.append(str(err))
 
 
 def _message(problems: list[str]) -> str:

@@ -22,12 +22,14 @@ print one line and exit 2; anything else is a bug and shows its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -149,23 +151,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     net = load_packed(args.model_file, engine=args.engine, builder=builder)
     print(f"engine: {net.bsr_engine}")
     channels = _in_channels(net)
-    images = [(src, out, *read_image(src, channels)) for src, out in jobs]
+    images = []
+    for src, out in jobs:
+        with _memory_guard(src, args.tile):
+            images.append((src, out, *read_image(src, channels)))
     for _, out, _, depth in images:
-        check_output_path(out, depth)
+        check_output_path(out, depth, channels)
     progress = Progress(sum(tiles_of(x, args.tile) for _, _, x, _ in images), "tiles" if args.tile else "images")
     for src, out, x, depth in images:
-        try:
+        with _memory_guard(f"{src} ({x.shape[3]}x{x.shape[2]})", args.tile, max(x.shape[2:])):
             arr = upscale(net, x, depth, args.tile, args.tile_pad, progress)
-        except RuntimeError as err:
-            if "alloc" in str(err).lower() or "memory" in str(err).lower():
-                raise CLIError(f"out of memory on {src} ({x.shape[3]}x{x.shape[2]}): run it in tiles, e.g. --tile "
-                               f"{max(64, (max(x.shape[2:]) // 4) // 32 * 32)}") from None
-            raise
         write_image(out, arr)
         print(f"{src} ({x.shape[3]}x{x.shape[2]}) -> {out} ({arr.shape[1]}x{arr.shape[0]})")
     if args.check:
         return _check_run(args, net, images[0][2])
     return 0
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    """MemoryError (numpy, Python), or torch's allocator failing (``can't allocate memory``)."""
+    if isinstance(err, MemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("alloc" in text or "out of memory" in text)
+
+
+@contextlib.contextmanager
+def _memory_guard(what: str, tile: int, longest: int = 1024) -> Iterator[None]:
+    """Out of memory inside the block is the user's to fix (a smaller ``--tile``): one line."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as err:
+        if not _is_out_of_memory(err):
+            raise
+        smaller = max(32, tile // 2 // 16 * 16) if tile else max(64, (longest // 4) // 32 * 32)
+        raise CLIError(f"out of memory on {what}: run it in tiles, e.g. --tile {smaller}"
+                       f"{' (smaller than --tile ' + str(tile) + ')' if tile else ''}") from None
 
 
 def _check_run(args: argparse.Namespace, net: nn.Module, x: torch.Tensor) -> int:
@@ -244,8 +265,15 @@ def _plugin_commands() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in metadata.entry_points(group=COMMAND_GROUP)}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a command-line mistake reported in one line (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bsr", description="Binarized super-resolution networks: complexity "
+    parser = OneLineParser(prog="bsr", description="Binarized super-resolution networks: complexity "
                                      "summary, bit-packed export, load-and-run on the packed CPU engine, binary check.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -303,6 +331,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OS_ERROR_FIXES = {
+    errno.ENOSPC: "the disk is full: free some space or write to another disk",
+    errno.EDQUOT: "the disk quota is exceeded: free some space or write to another disk",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f): raise the limit",
+    errno.EROFS: "the file system is read-only: choose another output folder",
+    errno.EACCES: "permission denied: choose a folder you can write to",
+    errno.EPERM: "permission denied: choose a folder you can write to",
+    errno.ENOENT: "no such file or folder: check the path",
+    errno.ENOTDIR: "a part of the path is not a folder: check the path",
+    errno.EISDIR: "it is a folder, not a file: give a file name",
+}
+
+
+def os_error_line(err: OSError) -> str:
+    """An OSError in one line: the file, what happened and what to do."""
+    what = OS_ERROR_FIXES.get(err.errno) or err.strerror or (str(err).splitlines() or [type(err).__name__])[0]
+    return f"{err.filename}: {what}" if err.filename else what
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``bsr`` console command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -332,7 +379,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"bsr {command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # files and disks: missing, unreadable, read-only, full
-        print(f"bsr {command}: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
+        print(f"bsr {command}: error: {os_error_line(err)}", file=sys.stderr)
         return 2
 
 

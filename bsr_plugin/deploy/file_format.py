@@ -36,7 +36,6 @@ import math
 import os
 import struct
 import sys
-import uuid
 import zlib
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -49,6 +48,7 @@ from ..core.bits import packed_size
 from ..core.options import LayerOptions
 from ..core.registry import binary_types
 from ..errors import ConfigError, PackedFormatError
+from ..fileio import atomic_write
 
 MAGIC = b"BSRPACK\x00"
 FORMAT_VERSION = 2
@@ -110,21 +110,12 @@ def write_file(path: PathLike, manifest: dict[str, Any], blobs: Blobs) -> None:
     digest.update(packed_manifest)
     for chunk in blobs.chunks:
         digest.update(chunk)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:  # a reader never sees a half-written file, and an old file survives a failed write
-        with open(tmp, "xb") as fh:
-            fh.write(header)
-            fh.write(packed_manifest)
-            for chunk in blobs.chunks:
-                fh.write(chunk)
-            fh.write(digest.digest())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:  # a reader never sees a half-written file; an old file survives a failed write
+        fh.write(header)
+        fh.write(packed_manifest)
+        for chunk in blobs.chunks:
+            fh.write(chunk)
+        fh.write(digest.digest())
 
 
 # -- reading --------------------------------------------------------------------------------

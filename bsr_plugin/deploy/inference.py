@@ -3,7 +3,7 @@
 
 Images are read and written with OpenCV (``opencv-python``, installed with the ``basicsr``
 extra); a missing OpenCV is a :class:`~bsr_plugin.CLIError` naming the package. Outputs are
-written atomically (a temporary file in the same folder, then a rename).
+written atomically (a temporary file in the same folder, fsync, then a rename).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CLIError
+from ..fileio import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +66,36 @@ def read_image(path: str, channels: int = 3) -> tuple[Tensor, int]:
     return torch.from_numpy(img.astype(np.float32) / scale).permute(2, 0, 1).unsqueeze(0).contiguous(), depth
 
 
-def check_output_path(path: str, depth: int = 8) -> None:
-    """Refuse, before any work, an output OpenCV cannot write or that would lose 16-bit precision."""
+def check_output_path(path: str, depth: int = 8, channels: int = 3) -> None:
+    """Refuse, before any work, an output OpenCV cannot write (an unknown suffix, or one whose
+    encoder does not take ``channels`` x ``depth``-bit images), that would lose 16-bit precision,
+    or whose folder is not writable."""
     suffix = Path(path).suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise CLIError(f"cannot write {path}: use an image file name ({', '.join(IMAGE_SUFFIXES)})")
     if depth == 16 and suffix not in SIXTEEN_BIT_SUFFIXES:
         raise CLIError(f"the input is a 16-bit image; {suffix} would lose its precision: write a .png or .tif")
+    if _encode(suffix, np.zeros((8, 8, channels), np.uint16 if depth == 16 else np.uint8)) is None:
+        raise CLIError(f"cannot write {path}: OpenCV cannot write a {channels}-channel {depth}-bit image as {suffix}; "
+                       "use .png")
     parent = Path(path).resolve().parent
     if parent.exists() and not os.access(parent, os.W_OK):
-        raise CLIError(f"cannot write {path}: the folder {parent} is not writable")
+        raise CLIError(f"cannot write {path}: the folder {parent} is not writable; choose another output folder")
+
+
+def _encode(suffix: str, arr: np.ndarray) -> Optional[bytes]:
+    """``arr`` (OpenCV channel order) encoded as a ``suffix`` file, or None where OpenCV cannot
+    (its own error log silenced: the caller reports the problem in one line)."""
+    cv2 = _cv2()
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        ok, buf = cv2.imencode(suffix, arr)
+    except cv2.error:
+        ok, buf = False, None
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    return buf.tobytes() if ok else None
 
 
 def to_array(img: Tensor, depth: int) -> np.ndarray:
@@ -86,19 +106,17 @@ def to_array(img: Tensor, depth: int) -> np.ndarray:
 
 
 def write_image(path: str, arr: np.ndarray) -> None:
-    """Write an RGB (or gray) H x W x C array atomically."""
+    """Write an RGB (or gray) H x W x C array atomically: encoded in memory first, then written
+    to a temporary file that replaces ``path`` (a full disk leaves no partial image behind)."""
     cv2 = _cv2()
     if arr.shape[2] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.tmp{target.suffix}")
-    try:
-        if not cv2.imwrite(str(tmp), arr):
-            raise CLIError(f"cannot write image {path} (OpenCV refused the format or the disk is full)")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    data = _encode(Path(path).suffix.lower(), arr)
+    if data is None:
+        raise CLIError(f"cannot write image {path}: OpenCV cannot encode a {arr.shape[2]}-channel {arr.dtype} image "
+                       "in that format; use .png")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, data)
 
 
 class Progress:

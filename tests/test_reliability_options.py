@@ -1,0 +1,329 @@
+"""Reliability of ``basicsr train|test``: every mistake in an options file, its command line or
+its data is found by the preflight before anything is written, reported in one line (all of
+them at once when there are several), exit status 2; no ``experiments/``, ``results/``,
+``tb_logger/`` or log appears and no input changes.
+
+The cases call the command's ``main`` in this process (the preflight is the point, and a
+subprocess per case would cost seconds of imports each); ``test_reliability_security`` runs the
+real ``.venv/bin/basicsr``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+import yaml
+
+from bsr_plugin.basicsr_ext.cli import main as basicsr_main
+
+from .basicsr_runs import small_test_options, small_train_options, write
+from .reliability import assert_refused, snapshot, write_png
+
+Edit = Callable[[dict[str, Any], Path], None]
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _refused(root: Path, capsys: pytest.CaptureFixture, command: str, opt: Any, pattern: str,
+             flags: tuple[str, ...] = (), text: str | None = None) -> str:
+    yml = root / "opt.yml"
+    if text is not None:
+        yml.write_text(text)
+    elif opt is not None:
+        write(opt, yml)
+    before = snapshot(root)
+    rc = basicsr_main([command, "-opt", str(yml), *flags])
+    line = assert_refused(rc, capsys.readouterr().err, pattern, before, root, prefix=f"basicsr {command}: error")
+    for folder in ("experiments", "results", "tb_logger"):
+        assert not (root / folder).exists()
+    return line
+
+
+# -- data folders made for a case ------------------------------------------------------------------
+def _pairs(folder: Path, hr_sizes: list[tuple[int, int]], scale: int = 4,
+           lr_sizes: list[tuple[int, int]] | None = None) -> tuple[str, str]:
+    """HR and LR folders (``imNx4.png``) with the given (width, height) sizes."""
+    hr, lr = folder / "HR", folder / f"X{scale}"
+    for i, (w, h) in enumerate(hr_sizes):
+        write_png(hr / f"im{i}.png", h, w, seed=i)
+        lw, lh = lr_sizes[i] if lr_sizes else (w // scale, h // scale)
+        write_png(lr / f"im{i}x{scale}.png", lh, lw, seed=i)
+    return str(hr), str(lr)
+
+
+def _paired_train(opt: dict, folder: Path, hr_sizes, lr_sizes=None, gt_size: int = 64) -> None:
+    hr, lr = _pairs(folder, hr_sizes, 4, lr_sizes)
+    opt["datasets"]["train"] = {
+        "name": "pairs", "type": "PairedImageDataset", "dataroot_gt": hr, "dataroot_lq": lr, "filename_tmpl": "{}x4",
+        "io_backend": {"type": "disk"}, "gt_size": gt_size, "use_hflip": True, "use_rot": True,
+        "num_worker_per_gpu": 0, "batch_size_per_gpu": 2, "dataset_enlarge_ratio": 1, "prefetch_mode": None}
+
+
+def _paired_val(opt: dict, folder: Path, hr_sizes, lr_sizes=None) -> None:
+    hr, lr = _pairs(folder, hr_sizes, 4, lr_sizes)
+    opt["datasets"]["val"].update(dataroot_gt=hr, dataroot_lq=lr, filename_tmpl="{}x4")
+
+
+def _bicubic_train(opt: dict, folder: Path, sizes, batch: int = 2) -> Path:
+    for i, (w, h) in enumerate(sizes):
+        write_png(folder / "T" / f"t{i}.png", h, w, seed=i)
+    opt["datasets"]["train"].update(dataroot_gt=str(folder / "T"), batch_size_per_gpu=batch)
+    return folder / "T"
+
+
+SQUARE = [(128, 128)] * 4
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+
+
+def _set(*keys_value: Any) -> Edit:
+    *keys, value = keys_value
+
+    def edit(opt: dict, _: Path) -> None:
+        node = opt
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    return edit
+
+
+def _delete(key: str) -> Edit:
+    return lambda opt, _: opt.pop(key)
+
+
+def _distill(pretrain: str) -> Edit:
+    def edit(opt: dict, _: Path) -> None:
+        opt["train"]["distill"] = {"network": {"type": "EDSR", "num_in_ch": 3, "num_out_ch": 3, "num_feat": 8,
+                                               "num_block": 2, "upscale": 4}, "pretrain": pretrain}
+    return edit
+
+
+def _distill_features(opt: dict, folder: Path) -> None:
+    from basicsr.archs.edsr_arch import EDSR
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"params": EDSR(3, 3, num_feat=8, num_block=2, upscale=4).state_dict()}, folder / "teacher.pth")
+    _distill(str(folder / "teacher.pth"))(opt, folder)
+    opt["train"]["distill"].update(feature_weight=1.0, features=["re:nothing"])
+
+
+def _non_image_pair(opt: dict, folder: Path) -> None:
+    _paired_train(opt, folder, SQUARE)
+    (folder / "HR" / "notes.txt").write_text("where the images come from")
+    (folder / "X4" / "notesx4.txt").write_text("where the images come from")
+
+
+def _missing_lr(opt: dict, folder: Path) -> None:
+    _paired_train(opt, folder, SQUARE)
+    (folder / "X4" / "im1x4.png").unlink()
+
+
+def _unreadable_hr(opt: dict, folder: Path) -> None:
+    _paired_train(opt, folder, SQUARE)
+    _garbage(folder / "HR" / "im2.png")
+
+
+def _unreadable_bicubic(opt: dict, folder: Path) -> None:
+    _garbage(_bicubic_train(opt, folder, [(80, 80)] * 5) / "t2.png")
+
+
+TRAIN_CASES: dict[str, tuple[Edit, str]] = {
+    "upscale_differs_from_scale": (_set("network_g", "upscale", 2), r"network_g\.upscale is 2 but scale is 4"),
+    "paired_hr_not_a_multiple_of_scale": (
+        lambda o, f: _paired_train(o, f, [(128, 128), (128, 128), (130, 128), (128, 128)], [(32, 32)] * 4),
+        r"scale 4 disagrees with the data in datasets\.train: 1 of 4 pairs break HR = LR x 4 exactly in training: "
+        r"im2\.png 130x128 with LR 32x32"),
+    "paired_lr_smaller_than_crop": (lambda o, f: _paired_train(o, f, SQUARE, gt_size=192),
+                                    r"4 training pairs are smaller than gt_size 192"),
+    "paired_val_lr_of_wrong_size": (
+        lambda o, f: _paired_val(o, f, SQUARE, [(32, 32), (32, 32), (16, 16), (32, 32)]),
+        r"datasets\.val: 1 of 4 pairs break LR = HR / 4 \(rounded down\): im2\.png 128x128 with LR 16x16"),
+    "paired_count_mismatch": (_missing_lr, r"dataroot_gt has 4 files and dataroot_lq 3.*no LR file for im1\.png"),
+    "paired_non_image_file": (_non_image_pair, r"2 file\(s\) are not readable images \(.*notes\.txt, .*notesx4\.txt"),
+    "paired_unreadable_image": (_unreadable_hr, r"1 file\(s\) are not readable images \(.*HR/im2\.png\)"),
+    "bicubic_unreadable_image": (_unreadable_bicubic, r"1 file\(s\) are not readable images \(.*T/t2\.png\)"),
+    "bicubic_images_smaller_than_crop": (lambda o, f: _bicubic_train(o, f, [(48, 48)] * 3),
+                                         r"every image in .* is smaller than gt_size 64 .* set gt_size to at most 48"),
+    "total_iter_never_reached": (lambda o, f: _bicubic_train(o, f, [(80, 80)] * 3),
+                                 r"train\.total_iter 4 is never reached: 3 training samples .*\.dataset_enlarge_ratio "
+                                 r"to 2 \(or total_iter to 3\)"),
+    "batch_larger_than_dataset": (lambda o, f: _bicubic_train(o, f, [(80, 80)] * 3, batch=8),
+                                  r"make 0 full batches of 8 .*\.dataset_enlarge_ratio to 6$"),
+    "schedule_unknown_key": (_set("train", "binarize_schedule", {"act_from": 2}),
+                             r"binarize_schedule: unknown keys \['act_from'\]"),
+    "schedule_out_of_range": (_set("train", "binarize_schedule", {"act_from_iter": 10}),
+                              r"act_from_iter = 10 lies outside \[0, total_iter=4\]"),
+    "schedule_not_a_mapping": (_set("train", "binarize_schedule", 3), r"binarize_schedule must be a mapping"),
+    "distill_teacher_missing": (_distill("teacher.pth"), r"the teacher checkpoint 'teacher\.pth' does not exist"),
+    "distill_features_match_nothing": (_distill_features, r"train\.distill\.features \['re:nothing'\] match no module"),
+    "float_network_for_binary_model": (_set("network_g", {"type": "EDSR", "num_in_ch": 3, "num_out_ch": 3,
+                                                          "num_feat": 8, "num_block": 2, "upscale": 4}),
+                                       r"BinarySRModel needs a binarized network, but 'EDSR' has no binarized layer"),
+    "name_escapes_experiments": (_set("name", "../escape"), r"name: '\.\./escape' must be a plain folder name"),
+    "network_g_missing": (_delete("network_g"), r"required key 'network_g' is missing"),
+    "datasets_not_a_mapping": (_set("datasets", ["T91"]), r"datasets: must be a mapping"),
+    "scale_not_a_number": (_set("scale", "x4"), r"scale: 'x4' must be a whole upscaling factor"),
+    "unknown_model_type": (_set("model_type", "BinarySRModell"), r"'BinarySRModell' is not in BasicSR's model"),
+    "gt_size_not_a_multiple": (_set("datasets", "train", "gt_size", 66), r"gt_size: 66 is not a multiple of scale 4"),
+    "train_folder_missing": (_set("datasets", "train", "dataroot_gt", "no/such/folder"),
+                             r"folder 'no/such/folder' does not exist"),
+    "filename_tmpl_without_braces": (_set("datasets", "val", "filename_tmpl", "x4"), r"must hold '\{\}'"),
+    "manual_seed_not_a_number": (_set("manual_seed", "abc"), r"manual_seed: 'abc' must be a whole number"),
+    "total_iter_not_a_number": (_set("train", "total_iter", "1e5"), r"train\.total_iter: '1e5'; give the number"),
+    "enlarge_ratio_zero": (_set("datasets", "train", "dataset_enlarge_ratio", 0),
+                           r"dataset_enlarge_ratio: 0 must be a whole number >= 1"),
+    "optimizer_not_adam": (_set("train", "optim_g", "type", "SGD"), r"'SGD'; basicsr 1\.4\.2 supports only Adam"),
+    "resume_state_missing": (_set("path", "resume_state", "nope.state"), r"path\.resume_state: 'nope\.state' does not"),
+    "pretrain_missing": (_set("path", "pretrain_network_g", "nope.pth"), r"pretrain_network_g: 'nope\.pth' does not"),
+    "unknown_key": (_set("logger", "print_frequency", 10), r"logger: unknown key 'print_frequency'"),
+}
+if not torch.cuda.is_available():
+    TRAIN_CASES["num_gpu_without_cuda"] = (_set("num_gpu", 2), r"num_gpu: 2 but this machine has no CUDA device")
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_CASES))
+def test_train_preflight(case: str, root: Path, datasets_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    edit, pattern = TRAIN_CASES[case]
+    opt = small_train_options("edsr_bin.yml", datasets_dir)
+    edit(opt, root / "data")
+    _refused(root, capsys, "train", opt, pattern)
+
+
+@pytest.fixture
+def checkpoint(root: Path) -> Path:
+    """Weights of the network of ``small_test_options`` (EDSRBin, 8 features, 2 blocks, x4)."""
+    from bsr_plugin.basicsr_ext.archs import EDSRBin
+
+    path = root / "net_g.pth"
+    torch.save({"params": EDSRBin(num_feat=8, num_block=2, upscale=4).state_dict()}, path)
+    return path
+
+
+def _wrong_weights(opt: dict, root: Path) -> None:
+    from bsr_plugin.basicsr_ext.archs import EDSRBin
+
+    torch.save({"params": EDSRBin(num_feat=16, num_block=2, upscale=4).state_dict()}, root / "other.pth")
+    opt["path"]["pretrain_network_g"] = str(root / "other.pth")
+
+
+def _packed_weights(opt: dict, root: Path) -> None:
+    from bsr_plugin import export_packed
+    from bsr_plugin.basicsr_ext.archs import EDSRBin
+
+    export_packed(EDSRBin(num_feat=8, num_block=2, upscale=4), root / "net.bsrpack")
+    opt["path"]["pretrain_network_g"] = str(root / "net.bsrpack")
+
+
+TEST_CASES: dict[str, tuple[Edit, str]] = {
+    "no_weights": (_set("path", "pretrain_network_g", None), r"path\.pretrain_network_g is missing: basicsr test "
+                                                             r"would test an untrained network_g"),
+    "weights_missing": (_set("path", "pretrain_network_g", "experiments/x/models/net_g_latest.pth"),
+                        r"'experiments/x/models/net_g_latest\.pth' does not exist .* or train first"),
+    "weights_of_another_network": (_wrong_weights, r"other\.pth does not fit network_g \(Error\(s\) in loading"),
+    "packed_file_as_weights": (_packed_weights, r"net\.bsrpack is a packed model file, not a PyTorch checkpoint"),
+    "test_set_lr_of_wrong_scale": (
+        lambda o, r: o["datasets"]["test_1"].update(dataroot_lq=o["datasets"]["test_1"]["dataroot_lq"][:-1] + "2",
+                                                    filename_tmpl="{}x2"),
+        r"scale 4 disagrees with the data in datasets\.test_1: \d+ of \d+ pairs break LR = HR / 4"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TEST_CASES))
+def test_test_preflight(case: str, root: Path, datasets_dir: Path, checkpoint: Path,
+                        capsys: pytest.CaptureFixture) -> None:
+    edit, pattern = TEST_CASES[case]
+    opt = small_test_options("edsr_bin.yml", datasets_dir, checkpoint, sets=("Set5",))
+    edit(opt, root)
+    _refused(root, capsys, "test", opt, pattern)
+
+
+# -- the options file and the command line -----------------------------------------------------------
+FILE_CASES = {
+    "not_a_mapping": ("- name: x\n- scale: 4\n", r"opt\.yml holds a YAML list, not a mapping of options"),
+    "empty": ("", r"opt\.yml is empty; a BasicSR options file is a mapping"),
+    "only_a_comment": ("# nothing yet\n", r"opt\.yml is empty"),
+    "yaml_syntax_error": ("name: x\nscale: [4\n", r"opt\.yml is not valid YAML at line 3"),
+    "bad_indentation": ("name: x\n  scale: 4\n", r"opt\.yml is not valid YAML at line 2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FILE_CASES))
+def test_options_file(case: str, root: Path, capsys: pytest.CaptureFixture) -> None:
+    text, pattern = FILE_CASES[case]
+    _refused(root, capsys, "train", None, pattern, text=text)
+
+
+def test_options_file_missing(root: Path, capsys: pytest.CaptureFixture) -> None:
+    _refused(root, capsys, "train", None, r"options file .*opt\.yml does not exist")
+
+
+FLAG_CASES = {
+    "unknown_flag": (("--bogus",), r"unrecognized arguments: --bogus; usage: basicsr train\|test -opt X\.yml"),
+    "force_yml_unknown_key": (("--force_yml", "train:ema=0.9"), r"train has no key 'ema'; --force_yml only changes "
+                                                                r"keys the options file has"),
+    "force_yml_without_value": (("--force_yml", "train:total_iter"), r"write it as key:key=value"),
+    "force_yml_empty_value": (("--force_yml", "train:total_iter="), r"the value is empty; give one \(~ for None\)"),
+    "force_yml_not_yaml": (("--force_yml", "name=@x"), r"the value is not plain YAML"),
+    "force_yml_wrong_type": (("--force_yml", "train:total_iter=many"), r"train\.total_iter: 'many'; give the number"),
+    "force_yml_into_a_value": (("--force_yml", "scale:x=1"), r"scale has no key 'x'"),
+    "plugin_missing": (("--plugin", "no_such_plugin_module"), r"--plugin: cannot import it: No module named"),
+    "plugin_without_module": (("--plugin",), r"--plugin needs a module name"),
+    "launcher_without_torchrun": (("--launcher", "pytorch"), r"--launcher pytorch needs the variables torchrun sets"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FLAG_CASES))
+def test_command_line(case: str, root: Path, datasets_dir: Path, capsys: pytest.CaptureFixture,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    flags, pattern = FLAG_CASES[case]
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    _refused(root, capsys, "train", small_train_options("edsr_bin.yml", datasets_dir), pattern, flags)
+
+
+def test_every_problem_is_listed_at_once(root: Path, datasets_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    """Problems in every section, found in one run (none stops the others)."""
+    opt = small_train_options("edsr_bin.yml", datasets_dir)
+    opt["network_g"]["upscale"] = 2
+    opt["train"]["ema"] = 0.999
+    opt["train"]["binarize_schedule"] = {"weight_from_iter": -1}
+    opt["datasets"]["val"]["dataroot_gt"] = "missing/HR"
+    opt["path"]["pretrain_network_g"] = "missing.pth"
+    opt["logger"]["print_frequency"] = 1
+    yml = write(opt, root / "opt.yml")
+    before = snapshot(root)
+    assert basicsr_main(["train", "-opt", str(yml)]) == 2
+    err = capsys.readouterr().err
+    assert snapshot(root) == before and "Traceback" not in err
+    assert err.splitlines()[0].endswith("6 problems in the options:")
+    for expected in ("network_g.upscale is 2", "unknown key 'ema'", "weight_from_iter = -1", "'missing/HR' does not",
+                     "'missing.pth' does not exist", "unknown key 'print_frequency'"):
+        assert sum(expected in line for line in err.splitlines()[1:]) == 1, (expected, err)
+
+
+def test_preflight_scans_every_image_quickly(root: Path, datasets_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    """The last pair of a long folder is checked too (headers only)."""
+    opt = small_train_options("edsr_bin.yml", datasets_dir)
+    sizes = [(128, 128)] * 40
+    _paired_train(opt, root / "data", sizes)
+    shutil.copy(root / "data" / "X4" / "im0x4.png", root / "data" / "X4" / "im39x4.png")
+    write_png(root / "data" / "HR" / "im39.png", 132, 128, seed=39)
+    _refused(root, capsys, "train", opt, r"1 of 40 pairs break HR = LR x 4 exactly in training: im39\.png 128x132")
+
+
+def test_a_good_file_passes_the_preflight(root: Path, datasets_dir: Path) -> None:
+    from bsr_plugin.basicsr_ext.cli import preflight
+
+    yml = write(small_train_options("edsr_bin.yml", datasets_dir), root / "opt.yml")
+    preflight(["-opt", str(yml), "--force_yml", "train:total_iter=6", "name=ok_x4"], True)
+    assert yaml.safe_load(yml.read_text())["train"]["total_iter"] == 4  # the file itself is never changed
+    assert not (root / "experiments").exists()
