@@ -1,15 +1,14 @@
 """A BasicSR dataset for HR-only image folders (T91, BSD200, photos): the LR input is made on
 the fly with MATLAB-style bicubic downsampling (``basicsr.utils.matlab_functions.imresize``,
-antialiased, as the benchmark LR files were made)."""
+antialiased, as the benchmark LR files were made). Listing, reading, cropping and augmenting
+are BasicSR's own helpers (``scandir``, ``imfrombytes``, ``paired_random_crop``, ``augment``)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 from typing import Any
 
-import cv2
 import numpy as np
 from torch.utils import data
 
@@ -20,9 +19,12 @@ IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 def list_images(folder: str) -> list[str]:
     """Image files directly in ``folder``, sorted; a clear error if there are none."""
+    from basicsr.utils import scandir
+
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"dataset folder {folder!r} does not exist")
-    paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(IMG_EXTENSIONS))
+    suffixes = IMG_EXTENSIONS + tuple(e.upper() for e in IMG_EXTENSIONS)
+    paths = sorted(scandir(folder, suffix=suffixes, full_path=True))
     if not paths:
         raise FileNotFoundError(f"dataset folder {folder!r} holds no images ({', '.join(IMG_EXTENSIONS)})")
     return paths
@@ -84,9 +86,14 @@ class BicubicPairDataset(data.Dataset):
         """(HR uint8 cropped to a multiple of scale, LR float32 in [0, 1]), BGR."""
         pair = self._cache.get(index)
         if pair is None:
+            from basicsr.utils import imfrombytes
             from basicsr.utils.matlab_functions import imresize
 
-            img = cv2.imread(self.paths[index], cv2.IMREAD_COLOR)
+            with open(self.paths[index], "rb") as fh:
+                try:
+                    img = imfrombytes(fh.read(), float32=False)
+                except Exception as err:  # cv2 returns None for undecodable bytes: imfrombytes fails on it
+                    raise OSError(f"cannot read image {self.paths[index]!r}") from err
             if img is None:
                 raise OSError(f"cannot read image {self.paths[index]!r}")
             s = self.scale
@@ -99,17 +106,13 @@ class BicubicPairDataset(data.Dataset):
         return pair
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from basicsr.data.transforms import augment
+        from basicsr.data.transforms import augment, paired_random_crop
         from basicsr.utils import img2tensor
 
-        s = self.scale
         hr, lr = self._pair(index)
         if self.train:
-            gt = int(self.opt["gt_size"])
-            h, w = hr.shape[:2]
-            top, left = random.randint(0, (h - gt) // s), random.randint(0, (w - gt) // s)
-            img_gt = hr[top * s: top * s + gt, left * s: left * s + gt].astype(np.float32) / 255.0
-            img_lq = np.ascontiguousarray(lr[top: top + gt // s, left: left + gt // s])
+            hr_crop, lr_crop = paired_random_crop(hr, lr, int(self.opt["gt_size"]), self.scale, self.paths[index])
+            img_gt, img_lq = hr_crop.astype(np.float32) / 255.0, np.ascontiguousarray(lr_crop)
             img_gt, img_lq = augment([img_gt, img_lq], self.opt.get("use_hflip", True), self.opt.get("use_rot", True))
         else:
             img_gt, img_lq = hr.astype(np.float32) / 255.0, lr
