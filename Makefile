@@ -3,12 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # torch/torchvision pinned to the builds this project is tested with; basicsr 1.4.2 is an
-# sdist whose build imports torch, hence torch first and --no-build-isolation.
+# sdist whose build imports torch, hence torch first and --no-build-isolation (which also lets
+# setup.py compile the packed engine's C++ extension against that torch).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install test demo clean
 
-$(BIN)/.installed: setup.cfg pyproject.toml
+ENGINE_SOURCES := $(wildcard bsr_plugin/deploy/engine/csrc/*) bsr_plugin/deploy/engine/build.py
+
+$(BIN)/.installed: setup.cfg pyproject.toml setup.py $(ENGINE_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "setuptools>=64" wheel
 	$(BIN)/pip install -q $(TORCH_PINS)
@@ -25,4 +28,4 @@ demo: install
 	$(BIN)/bsr demo $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) experiments results tb_logger
+	rm -rf $(VENV) experiments results tb_logger build bsr_plugin/deploy/engine/_C*.so
