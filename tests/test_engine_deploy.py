@@ -153,3 +153,16 @@ def test_without_the_extension_the_float_simulation_runs_and_says_so(edsr_pack, 
                             "print(kernels.available(), net.bsr_engine); net(torch.rand(1, 3, 5, 5))",
                             str(edsr_pack)], capture_output=True, text=True, timeout=300, env=env)
     assert probe.returncode == 0 and probe.stdout.startswith("False packed engine (its float simulation"), probe.stderr
+
+
+def test_conv_then_pixel_shuffle_is_fused(edsr_pack):
+    """The binarized upsampler convs write pixel-shuffled output: the PixelShuffle modules become
+    Identity and the unshuffled tensor is never made; the output does not change."""
+    net = load_packed(edsr_pack, engine="packed")
+    sim = load_packed(edsr_pack, engine="float")
+    assert net.upsample[0].pixel_shuffle == net.upsample[2].pixel_shuffle == 2
+    assert isinstance(net.upsample[1], nn.Identity) and isinstance(net.upsample[3], nn.Identity)
+    assert isinstance(sim.upsample[1], nn.PixelShuffle)
+    x = torch.rand(1, 3, 7, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), sim(x), rtol=1e-5, atol=1e-5)

@@ -218,6 +218,55 @@ def test_binary_conv2d_shortcuts(isa, shortcut, c, o, layout):
     torch.testing.assert_close(E.binary_conv2d(x, wp, **kw), plain + expected, rtol=RTOL, atol=ATOL)
 
 
+# (C, O, r, shortcut, stride, N, H, W): O divisible by r^2; odd sizes, channel counts that are
+# not multiples of 64 (and 64 -> 256, the EDSR x4 upsampler), every shortcut that fits; r = 2,
+# 3, 4 (interleaved in registers) and 5 (through an L1 buffer)
+SHUFFLE_CASES = [
+    (12, 48, 2, "repeat", 1, 2, 7, 13),
+    (17, 36, 3, "none", 1, 1, 9, 11),
+    (12, 48, 2, "none", 2, 2, 9, 11),
+    (17, 36, 3, "none", 2, 2, 7, 10),
+    (64, 64, 2, "identity", 1, 1, 5, 19),
+    (96, 48, 2, "mean", 1, 2, 3, 17),
+    (72, 36, 3, "mean", 1, 1, 4, 9),
+    (16, 144, 3, "repeat", 1, 1, 5, 7),
+    (3, 12, 2, "repeat", 1, 2, 1, 1),
+    (5, 80, 4, "none", 1, 1, 3, 5),
+    (65, 8, 2, "none", 1, 1, 6, 3),
+    (64, 256, 2, "repeat", 1, 1, 6, 37),
+    (7, 50, 5, "none", 1, 1, 3, 21),
+    (2, 50, 5, "repeat", 1, 1, 4, 9),
+    (10, 32, 4, "none", 2, 2, 9, 35),
+]
+
+
+@pytest.mark.parametrize("case", SHUFFLE_CASES, ids=lambda c: f"C{c[0]}-O{c[1]}-r{c[2]}-{c[3]}-s{c[4]}")
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_binary_conv2d_pixel_shuffle(isa, case, layout):
+    """pixel_shuffle=r is exactly F.pixel_shuffle of the unshuffled output, native and reference."""
+    c, o, r, shortcut, s, n, h, w = case
+    gen = torch.Generator().manual_seed(c * 31 + o + r)
+    x = _inputs(n, c, h, w, gen)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    wp = E.pack_weight(torch.randn(o, c, 3, 3, generator=gen))
+    scale, bias, rprelu = _rand_params(o, gen)
+    thr = torch.randn(c, generator=gen) * 0.2
+    kw = dict(in_channels=c, kernel_size=3, stride=s, padding=1, scale=scale, shortcut=shortcut)
+    for extra in ({}, {"bias": bias}, {"bias": bias, "threshold": thr, "rprelu": rprelu}):
+        y = E.binary_conv2d(x, wp, **kw, **extra, pixel_shuffle=r)
+        plain = E.binary_conv2d(x, wp, **kw, **extra)
+        assert y.shape == (n, o // r**2, plain.shape[2] * r, plain.shape[3] * r)
+        assert torch.equal(y, F.pixel_shuffle(plain, r))
+        if h * w > 1:  # a 1x1 image is contiguous in both layouts
+            assert y.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
+                                   else torch.contiguous_format)
+        ref = E.reference_binary_conv2d(x, wp, **kw, **extra, pixel_shuffle=r)
+        assert torch.equal(ref, F.pixel_shuffle(E.reference_binary_conv2d(x, wp, **kw, **extra), r))
+        torch.testing.assert_close(y, ref, rtol=RTOL, atol=ATOL)
+        assert torch.equal(E.binary_conv2d(x, wp, **kw, **extra, pixel_shuffle=1), plain)
+
+
 @pytest.mark.parametrize("k", [1, 17, 64, 65, 200])
 def test_binary_linear_matches_reference(isa, k):
     gen = torch.Generator().manual_seed(k)
@@ -250,9 +299,11 @@ def test_binary_linear_shortcuts(isa, shortcut, k, n):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_large_output_streaming_stores(isa, layout):
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_large_output_streaming_stores(isa, layout, r):
     """Outputs of 8 MiB and more take the streaming-store path; rows and pixels here are not
-    vector-aligned (250 pixels, 72 channels), so its scalar heads and tails run too."""
+    vector-aligned (250 pixels, 72 channels), so its scalar heads and tails run too (also
+    pixel-shuffled: 500 / 750 output columns, 18 / 8 channels)."""
     gen = torch.Generator().manual_seed(9)
     x = torch.randn(1, 16, 120, 250, generator=gen)
     if layout == "channels_last":
@@ -260,15 +311,20 @@ def test_large_output_streaming_stores(isa, layout):
     wp = E.pack_weight(torch.randn(72, 16, 3, 3, generator=gen))
     scale, bias, rprelu = _rand_params(72, gen)
     kw = dict(in_channels=16, kernel_size=3, padding=1, scale=scale, bias=bias, rprelu=rprelu)
-    y = E.binary_conv2d(x, wp, **kw)
+    y = E.binary_conv2d(x, wp, **kw, pixel_shuffle=r)
     assert y.numel() * 4 >= 8 << 20
-    torch.testing.assert_close(y, E.reference_binary_conv2d(x, wp, **kw), rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(y, E.reference_binary_conv2d(x, wp, **kw, pixel_shuffle=r), rtol=RTOL, atol=ATOL)
+    if r > 1:
+        assert torch.equal(y, F.pixel_shuffle(E.binary_conv2d(x, wp, **kw), r))
 
 
 def test_empty_batch(isa):
     wp = E.pack_weight(torch.randn(4, 3, 3, 3))
     y = E.binary_conv2d(torch.randn(0, 3, 5, 5), wp, in_channels=3, kernel_size=3, padding=1, scale=torch.ones(4))
     assert y.shape == (0, 4, 5, 5)
+    y = E.binary_conv2d(torch.randn(0, 3, 5, 5), wp, in_channels=3, kernel_size=3, padding=1, scale=torch.ones(4),
+                        pixel_shuffle=2)
+    assert y.shape == (0, 1, 10, 10)
     lin = E.binary_linear(torch.randn(0, 3), E.pack_weight(torch.randn(4, 3)), in_features=3, scale=torch.ones(4))
     assert lin.shape == (0, 4)
 
@@ -280,6 +336,7 @@ def test_threads_give_identical_results(isa):
     scale, bias, rprelu = _rand_params(40, gen)
     xl = torch.randn(300, 65, generator=gen)
     lp = E.pack_weight(torch.randn(33, 65, generator=gen))
+    wp3 = E.pack_weight(torch.randn(36, 20, 3, 3, generator=gen))
     before = torch.get_num_threads()
     results = []
     try:
@@ -291,6 +348,12 @@ def test_threads_give_identical_results(isa):
                                 stride=2, scale=scale),
                 E.pack_input(x, padding=1),
                 E.binary_linear(xl, lp, in_features=65, scale=scale[:33]),
+                E.binary_conv2d(x, wp, in_channels=65, kernel_size=3, padding=1, scale=scale, bias=bias,
+                                rprelu=rprelu, pixel_shuffle=2),
+                E.binary_conv2d(x.contiguous(memory_format=torch.channels_last), wp, in_channels=65, kernel_size=3,
+                                padding=1, scale=scale, pixel_shuffle=2),
+                E.binary_conv2d(x[:, :20], wp3, in_channels=20, kernel_size=3, padding=1, scale=scale[:36],
+                                shortcut="none", pixel_shuffle=3),
             ))
     finally:
         torch.set_num_threads(before)
@@ -345,6 +408,39 @@ def test_property_conv(c, o, kh, kw, sh, sw, dh, dw, pads, n, h, w, channels_las
             counts = E.conv_counts(E.pack_input(x, padding=pads), wp, c, (kh, kw), (sh, sw), (dh, dw))
             assert torch.equal(counts, expected), name
             torch.testing.assert_close(E.binary_conv2d(x, wp, **kw_args), ref, rtol=RTOL, atol=ATOL)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(c=st.integers(1, 140), cs=st.integers(1, 6), r=st.integers(2, 5), k=st.integers(1, 3), s=st.integers(1, 2),
+       n=st.integers(1, 2), h=st.integers(1, 9), w=st.integers(1, 19), shortcut=st.sampled_from(K.SHORTCUTS),
+       channels_last=st.booleans(), seed=st.integers(0, 2**16))
+def test_property_pixel_shuffle(c, cs, r, k, s, n, h, w, shortcut, channels_last, seed):
+    """Fused pixel shuffle == F.pixel_shuffle of the plain output, bit for bit, every ISA."""
+    isas = _native_isas()
+    o = cs * r * r
+    if shortcut == "identity":
+        c = o
+    elif shortcut == "repeat":
+        c = next(d for d in range(min(c, o), 0, -1) if o % d == 0)  # a divisor of o
+    elif shortcut == "mean":
+        c = o * (1 + c % 3)
+    if shortcut != "none":
+        k, s = 3, 1  # same-size output
+    gen = torch.Generator().manual_seed(seed)
+    x = _inputs(n, c, h, w, gen)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    wp = E.reference_pack_weight(torch.randn(o, c, k, k, generator=gen))
+    scale, bias, rprelu = _rand_params(o, gen)
+    kw_args = dict(in_channels=c, kernel_size=k, stride=s, padding=k // 2, scale=scale, bias=bias,
+                   threshold=torch.randn(c, generator=gen) * 0.2, rprelu=rprelu, shortcut=shortcut)
+    ref = E.reference_binary_conv2d(x, wp, **kw_args, pixel_shuffle=r)
+    assert torch.equal(ref, F.pixel_shuffle(E.reference_binary_conv2d(x, wp, **kw_args), r))
+    for name in isas:
+        with E.use_isa(name):
+            y = E.binary_conv2d(x, wp, **kw_args, pixel_shuffle=r)
+            assert torch.equal(y, F.pixel_shuffle(E.binary_conv2d(x, wp, **kw_args), r)), name
+            torch.testing.assert_close(y, ref, rtol=RTOL, atol=ATOL)
 
 
 @settings(max_examples=20, deadline=None)
@@ -459,6 +555,10 @@ def test_errors(fn):
         (dict(args=_conv_args(padding=(1, 2, 3))), "padding"),
         (dict(args=_conv_args(stride=0)), "stride"),
         (dict(args=_conv_args(padding=0, dilation=4)), "smaller than the dilated kernel"),
+        (dict(args=_conv_args(pixel_shuffle=3)), r"pixel_shuffle=3 needs out_channels divisible by r\^2 = 9"),
+        (dict(args=_conv_args(pixel_shuffle=0)), "pixel_shuffle must be a positive int"),
+        (dict(args=_conv_args(pixel_shuffle=2.0)), "pixel_shuffle must be a positive int"),
+        (dict(args=_conv_args(pixel_shuffle=True)), "pixel_shuffle must be a positive int"),
     ]
     for over, match in cases:
         with pytest.raises(ValueError, match=match):
@@ -487,6 +587,13 @@ def test_error_cases_of_packing_ops():
         E.conv_counts(xp, wp, 64, 3)
     with pytest.raises(ValueError, match="smaller than the dilated kernel"):
         E.conv_counts(xp, wp, 70, 3, dilation=2)
+    # the op checks pixel_shuffle itself too (callers of torch.ops.bsr_engine directly)
+    args = (torch.randn(1, 70, 4, 4), wp, 70, [1, 1], [1, 1, 1, 1], [1, 1], torch.ones(2), None, None, 0, None, None,
+            None)
+    for r in (2, 0, -1, 2**40):
+        with pytest.raises(RuntimeError, match="multiple of pixel_shuffle"):
+            torch.ops.bsr_engine.binary_conv2d(*args, r)
+    assert torch.ops.bsr_engine.binary_conv2d(*args).shape == (1, 2, 4, 4)
 
 
 # ---------------------------------------------------------------------------------------
@@ -524,6 +631,10 @@ def test_fallback_without_extension(monkeypatch):
     assert torch.equal(wp, E.reference_pack_weight(w))
     y = E.binary_conv2d(x, wp, in_channels=5, kernel_size=3, padding=1, scale=torch.ones(6))
     torch.testing.assert_close(y, _expected_dot(x, w, 1, 1, 1))
+    wp8 = E.pack_weight(torch.randn(8, 5, 3, 3, generator=gen))
+    y = E.binary_conv2d(x, wp8, in_channels=5, kernel_size=3, padding=1, scale=torch.ones(8), pixel_shuffle=2)
+    assert torch.equal(y, F.pixel_shuffle(E.reference_binary_conv2d(x, wp8, in_channels=5, kernel_size=3, padding=1,
+                                                                   scale=torch.ones(8)), 2))
     counts = E.conv_counts(E.pack_input(x, padding=1), wp, 5, 3)
     assert torch.equal(counts, _expected_dot(x, w, 1, 1, 1).round().int())
     lin = E.binary_linear(torch.randn(2, 5), E.pack_weight(torch.randn(3, 5)), in_features=5, scale=torch.ones(3))

@@ -12,6 +12,8 @@ Every op computes, in float32, exactly the float simulation of a binarized layer
 with shortcut ``none``, ``identity`` (C == O), ``repeat`` (O = k C: ``x.repeat_interleave(k, 1)``)
 or ``mean`` (C = k O: the mean of each group of k consecutive input channels), only when the
 output has the input's spatial size. :func:`binary_linear` is the same on the last dimension.
+:func:`binary_conv2d` can also return ``F.pixel_shuffle(y, r)`` (``pixel_shuffle=r``, the
+conv -> PixelShuffle of super-resolution upsamplers), written directly in that layout.
 
 Packed layout (bit 1 = sign +1, as :mod:`bsr_plugin.core.bits`): an input becomes int64
 ``[N, Hp, Wp, ceil(C / 64)]`` words (channel ``c`` is bit ``c % 64`` of word ``c // 64``; padding
@@ -252,7 +254,8 @@ class _ConvArgs:
 
     def __init__(self, x: Tensor, wp: Tensor, in_channels: int, kernel_size: IntPair, stride: IntPair,
                  padding: Padding, dilation: IntPair, scale: Tensor, bias: Optional[Tensor],
-                 threshold: Optional[Tensor], shortcut: str, rprelu: RPReLU, groups: int) -> None:
+                 threshold: Optional[Tensor], shortcut: str, rprelu: RPReLU, groups: int,
+                 pixel_shuffle: int = 1) -> None:
         fn = "binary_conv2d"
         if groups != 1:
             raise ValueError(f"{fn}: groups={groups} is not supported by the packed engine (groups=1 only): keep this "
@@ -295,6 +298,14 @@ class _ConvArgs:
                              f"size {tuple(x.shape[2:])}: use stride 1 and 'same' padding, or shortcut='none'")
         if in_channels * self.kernel[0] * self.kernel[1] >= 1 << 24:
             raise ValueError(f"{fn}: C * KH * KW must be below 2**24 (exact float sums)")
+        r = pixel_shuffle
+        if type(r) is not int or r < 1:
+            raise ValueError(f"{fn}: pixel_shuffle must be a positive int (the upscale factor r), got {r!r}")
+        if o % (r * r):
+            raise ValueError(f"{fn}: pixel_shuffle={r} needs out_channels divisible by r^2 = {r * r}, got "
+                             f"out_channels={o}: use a conv with a multiple of {r * r} output channels, or "
+                             f"pixel_shuffle=1")
+        self.pixel_shuffle = r
 
 
 class _LinearArgs:
@@ -427,10 +438,11 @@ def reference_conv_counts(xp: Tensor, wp: Tensor, in_channels: int, kernel_size:
 def reference_binary_conv2d(x: Tensor, wp: Tensor, *, in_channels: int, kernel_size: IntPair, stride: IntPair = 1,
                             padding: Padding = 0, dilation: IntPair = 1, scale: Tensor, bias: Optional[Tensor] = None,
                             threshold: Optional[Tensor] = None, shortcut: str = "none", rprelu: RPReLU = None,
-                            groups: int = 1) -> Tensor:
-    """:func:`binary_conv2d` as the float simulation (``F.conv2d`` on +-1 tensors)."""
+                            groups: int = 1, pixel_shuffle: int = 1) -> Tensor:
+    """:func:`binary_conv2d` as the float simulation (``F.conv2d`` on +-1 tensors, then
+    ``F.pixel_shuffle`` when ``pixel_shuffle > 1``)."""
     a = _ConvArgs(x, wp, in_channels, kernel_size, stride, padding, dilation, scale, bias, threshold, shortcut,
-                  rprelu, groups)
+                  rprelu, groups, pixel_shuffle)
     with torch.no_grad():
         xb = _signs(x, a.threshold, 1)
         pt, pb, pl, pr = a.padding
@@ -439,6 +451,8 @@ def reference_binary_conv2d(x: Tensor, wp: Tensor, *, in_channels: int, kernel_s
         y = _epilogue(dot, a.scale, a.bias, a.rprelu, 1)
         if a.shortcut_code:
             y = y + _channel_shortcut(x, shortcut, in_channels, a.out_channels, 1)
+        if a.pixel_shuffle > 1:
+            y = F.pixel_shuffle(y, a.pixel_shuffle)
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
             else torch.contiguous_format
         return y.contiguous(memory_format=fmt)
@@ -529,9 +543,10 @@ def conv_counts(xp: Tensor, wp: Tensor, in_channels: int, kernel_size: IntPair, 
 def binary_conv2d(x: Tensor, wp: Tensor, *, in_channels: int, kernel_size: IntPair, stride: IntPair = 1,
                   padding: Padding = 0, dilation: IntPair = 1, scale: Tensor, bias: Optional[Tensor] = None,
                   threshold: Optional[Tensor] = None, shortcut: str = "none", rprelu: RPReLU = None,
-                  groups: int = 1) -> Tensor:
+                  groups: int = 1, pixel_shuffle: int = 1) -> Tensor:
     """A binarized conv (see the module docstring for the exact semantics), fused: sign and
-    pack, XOR-popcount conv, ``scale * dot + bias``, optional RPReLU, real shortcut.
+    pack, XOR-popcount conv, ``scale * dot + bias``, optional RPReLU, real shortcut, optional
+    pixel shuffle.
 
     Args:
         x: float32 [N, C, H, W], NCHW contiguous or channels_last (the output keeps it).
@@ -544,20 +559,25 @@ def binary_conv2d(x: Tensor, wp: Tensor, *, in_channels: int, kernel_size: IntPa
         shortcut: ``none`` | ``identity`` | ``repeat`` | ``mean`` (output size == input size).
         rprelu: None or (shift_in, slope, shift_out), each [O].
         groups: must be 1.
+        pixel_shuffle: upscale factor r >= 1 (O divisible by r^2): return
+            ``F.pixel_shuffle(y, r)`` of the output ``y`` above (scale, bias, RPReLU and shortcut
+            stay on the conv's O channels), written directly in that layout (no [N, O, Ho, Wo]
+            intermediate): ``out[n, c, h * r + i, w * r + j] = y[n, c * r * r + i * r + j, h, w]``.
 
     Returns:
-        float32 [N, O, Ho, Wo].
+        float32 [N, O, Ho, Wo], or [N, O / r^2, Ho * r, Wo * r] with ``pixel_shuffle=r``.
     """
     a = _ConvArgs(x, wp, in_channels, kernel_size, stride, padding, dilation, scale, bias, threshold, shortcut,
-                  rprelu, groups)
+                  rprelu, groups, pixel_shuffle)
     if not available():
         return reference_binary_conv2d(x, wp, in_channels=in_channels, kernel_size=kernel_size, stride=stride,
                                        padding=padding, dilation=dilation, scale=scale, bias=bias,
-                                       threshold=threshold, shortcut=shortcut, rprelu=rprelu, groups=groups)
+                                       threshold=threshold, shortcut=shortcut, rprelu=rprelu, groups=groups,
+                                       pixel_shuffle=pixel_shuffle)
     rp = a.rprelu or (None, None, None)
     try:
         return _ops().binary_conv2d(_detached(x), wp, in_channels, list(a.stride), list(a.padding), list(a.dilation),
-                                    a.scale, a.bias, a.threshold, a.shortcut_code, *rp)
+                                    a.scale, a.bias, a.threshold, a.shortcut_code, *rp, a.pixel_shuffle)
     except RuntimeError as err:
         raise _native_error(err) from None
 

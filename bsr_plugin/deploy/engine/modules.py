@@ -9,7 +9,11 @@ latent weight. Its forward is :func:`kernels.binary_conv2d` / :func:`kernels.bin
 
 :func:`to_engine` swaps every binarized layer of a network for its packed module (the
 network is changed in place, like ``convert``); a layer the engine cannot run (``groups > 1``)
-keeps its float simulation, with a warning that names it.
+keeps its float simulation, with a warning that names it. Where one probe forward pass (the
+structure probe of ``convert``) shows a binarized conv whose only user is an ``nn.PixelShuffle``
+(an SR upsampler), the shuffle is fused into the conv's output pass and the ``PixelShuffle``
+module becomes an ``nn.Identity``: the unshuffled tensor, the largest of the network, is never
+made.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...core.layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear
+from ...conversion.dataflow import DataflowGraph, default_probe, record_dataflow
+from ...core.layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear, channel_shortcut
 from ...core.registry import is_binary
 from . import kernels
 
@@ -76,6 +81,7 @@ class PackedBinaryConv2d(_PackedLayer):
         left, right, top, bottom = layer._reversed_padding_repeated_twice
         self.pad = (top, bottom, left, right)
         self.padding_mode = layer.padding_mode
+        self.pixel_shuffle = 1  # > 1: the output is pixel-shuffled by this factor (set by to_engine)
         self._take(layer)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -83,22 +89,21 @@ class PackedBinaryConv2d(_PackedLayer):
             return kernels.binary_conv2d(
                 x, self.weight_bits, in_channels=self.in_channels, kernel_size=self.kernel_size, stride=self.stride,
                 padding=self.pad, dilation=self.dilation, scale=self.alpha, bias=self.bias, threshold=self.threshold,
-                shortcut=self.shortcut, rprelu=self._rprelu())
+                shortcut=self.shortcut, rprelu=self._rprelu(), pixel_shuffle=self.pixel_shuffle)
         top, bottom, left, right = self.pad  # reflect/replicate/circular: pad the float input, then convolve
         y = kernels.binary_conv2d(
             F.pad(x, (left, right, top, bottom), mode=self.padding_mode), self.weight_bits,
             in_channels=self.in_channels, kernel_size=self.kernel_size, stride=self.stride, padding=0,
             dilation=self.dilation, scale=self.alpha, bias=self.bias, threshold=self.threshold, shortcut="none",
             rprelu=self._rprelu())
-        if self.shortcut == "none":
-            return y
-        from ...core.layers import channel_shortcut
-
-        return y + channel_shortcut(x, self.shortcut, self.in_channels, self.out_channels)
+        if self.shortcut != "none":
+            y = y + channel_shortcut(x, self.shortcut, self.in_channels, self.out_channels)
+        return F.pixel_shuffle(y, self.pixel_shuffle) if self.pixel_shuffle > 1 else y
 
     def extra_repr(self) -> str:
+        shuffle = f", pixel_shuffle={self.pixel_shuffle}" if self.pixel_shuffle > 1 else ""
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.pad}, dilation={self.dilation}, " + super().extra_repr())
+                f"padding={self.pad}, dilation={self.dilation}{shuffle}, " + super().extra_repr())
 
 
 class PackedBinaryLinear(_PackedLayer):
@@ -146,21 +151,53 @@ def _packed_for(name: str, layer: nn.Module) -> Optional[nn.Module]:
         return None
 
 
+def _shuffle_fusions(model: nn.Module, graph: DataflowGraph) -> dict[str, str]:
+    """``{conv: pixel shuffle module}`` for binarized convs whose output goes to one
+    ``nn.PixelShuffle`` and nowhere else (each module used once)."""
+    modules = dict(model.named_modules())
+    uses: dict[str, int] = {}
+    for node in graph.nodes:
+        uses[node.scope] = uses.get(node.scope, 0) + (node.kind == "op")
+        if node.kind == "module":
+            uses[node.target] = uses.get(node.target, 0) + 1
+    found = {}
+    for node in graph.nodes:
+        if node.kind != "module" or not isinstance(modules.get(node.target), BinaryConv2d) or len(node.users) != 1:
+            continue
+        user = graph.nodes[node.users[0]]
+        shuffle = modules.get(user.scope)
+        if (user.kind == "op" and user.target == "pixel_shuffle" and isinstance(shuffle, nn.PixelShuffle)
+                and uses.get(user.scope) == 1 and uses.get(node.target) == 1):
+            found[node.target] = user.scope
+    return found
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
 @torch.no_grad()
-def to_engine(model: nn.Module) -> list[str]:
-    """Swap every binarized layer of ``model`` (in place, eval mode) for its packed module;
-    returns the names of the layers that keep their float simulation (each warned about)."""
+def to_engine(model: nn.Module, example_input: Optional[Tensor] = None) -> list[str]:
+    """Swap every binarized layer of ``model`` (in place, eval mode) for its packed module,
+    fusing conv -> PixelShuffle pairs (module docstring); returns the names of the layers that
+    keep their float simulation (each warned about). ``example_input``: the probe's input
+    (default: a random ``2 x C x 32 x 32`` batch)."""
+    model.eval()
+    graph = record_dataflow(model, default_probe(model) if example_input is None else example_input, train=False)
+    fusions = _shuffle_fusions(model, graph)
     kept: list[str] = []
     swaps: dict[int, Optional[nn.Module]] = {}
-    for name, layer in list(model.named_modules()):
-        if is_binary(layer) and id(layer) not in swaps:
-            swaps[id(layer)] = _packed_for(name, layer)
-            if swaps[id(layer)] is None:
+    for name, layer in list(model.named_modules(remove_duplicate=False)):
+        if not is_binary(layer):
+            continue
+        if id(layer) not in swaps:  # a layer shared under several names is swapped once, everywhere
+            packed = swaps[id(layer)] = _packed_for(name, layer)
+            if packed is None:
                 kept.append(name)
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            new = swaps.get(id(child))
-            if new is not None:
-                setattr(parent, child_name, new)
-    model.eval()
+            elif name in fusions and isinstance(packed, PackedBinaryConv2d):
+                packed.pixel_shuffle = model.get_submodule(fusions[name]).upscale_factor
+                _replace(model, fusions[name], nn.Identity())
+        if swaps[id(layer)] is not None:
+            _replace(model, name, swaps[id(layer)])
     return kept

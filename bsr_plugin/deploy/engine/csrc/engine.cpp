@@ -32,6 +32,19 @@
 // and more are written with streaming stores. Tiles are spread over threads with
 // at::parallel_for (torch.set_num_threads applies).
 //
+// Fused pixel shuffle (binary_conv2d, r > 1): the output is F.pixel_shuffle(y, r), written
+// directly: conv channel o = c r^2 + i r + j of pixel (y, x) goes to channel c, pixel
+// (y r + i, x r + j). A tile then fills r output rows, each with one contiguous run. NCHW: the
+// run of row y r + i of channel c interleaves the r consecutive conv channels (c r + i) r + j,
+// for r = 2, 3, 4 zipped in registers (r epilogue vectors -> r interleaved output vectors:
+// permutes; r = 4 as two levels of r = 2; AVX-512 ends rows with a masked step), for larger r
+// through an L1 buffer. channels_last: the conv's channels are permuted (weight rows, epilogue
+// parameters, shortcut sources) to q = (i r + j) O / r^2 + c, so the pixel's channels
+// [i O / r, (i + 1) O / r) are exactly the run of output row y r + i (r pixels x O / r^2
+// channels) and the plain per-pixel epilogue writes it (a repeat shortcut with k = r^2, the
+// usual upsampler, then reads the input pixel as it is). Same float operations as unshuffled,
+// so the result equals F.pixel_shuffle of the unshuffled output bit for bit.
+//
 // Packing: from NCHW, per 8 channels x 8 (AVX-512: 16) pixels, sign movemasks along the row
 // form an 8 x 8 bit matrix that one bit-matrix transpose turns into 8 bits of 8 pixels' words
 // (8 channel planes at a time over bands of rows, so the prefetchers follow); from NHWC a word
@@ -95,6 +108,7 @@ struct ConvParams {
   int32_t* out_i32 = nullptr;
   bool out_nhwc = false;
   bool stream = false;  // streaming (non-temporal) stores of the float output
+  int64_t ps = 1;       // pixel shuffle factor r of the float output (1: none)
   const float* scale = nullptr;
   const float* bias = nullptr;
   const float* shift_in = nullptr;  // RPReLU when non-null (then slope, shift_out too)
@@ -102,6 +116,9 @@ struct ConvParams {
   const float* shift_out = nullptr;
   int64_t shortcut = SC_NONE, sc_k = 1;
   const float* x = nullptr;  // original input (same layout as the output) for the shortcut
+  // channels_last pixel shuffle: per (permuted) output channel, the first input channel of its
+  // shortcut (identity / repeat: the channel, mean: the first of sc_k)
+  const int64_t* sc_src = nullptr;
 };
 
 }  // namespace
@@ -308,16 +325,21 @@ void check_packed_weight(const at::Tensor& wp, int64_t C) {
               wp.sizes());
 }
 
-// Buffers a conv needs besides its tensors: blocked weights and per-step input offsets.
+// Buffers a conv needs besides its tensors: blocked weights and per-step input offsets; for a
+// channels_last pixel shuffle also the permuted epilogue parameters and shortcut sources.
 struct ConvStorage {
   std::vector<uint64_t> wb;
   std::vector<int64_t> offs;
+  std::vector<float> params;
+  std::vector<int64_t> sc_src;
 };
 
 // cp's geometry (cp.Ho / cp.Wo set by the caller), weights in the ISA's blocked layout, per-step
-// input offsets and the tiling, for a padded input of N x Hp x Wp pixels.
+// input offsets and the tiling, for a padded input of N x Hp x Wp pixels. perm (O entries, or
+// null for the identity): the conv's output channel q is the weight's channel perm[q].
 void prepare_conv(const IsaImpl& impl, int64_t N, int64_t Hp, int64_t Wp, const at::Tensor& wp, int64_t C, int64_t sh,
-                  int64_t sw, int64_t dh, int64_t dw, ConvParams& cp, ConvStorage& st) {
+                  int64_t sw, int64_t dh, int64_t dw, ConvParams& cp, ConvStorage& st,
+                  const int64_t* perm = nullptr) {
   const int64_t KH = wp.size(1), KW = wp.size(2), CW = wp.size(3);
   cp.N = N;
   cp.Hp = Hp;
@@ -331,8 +353,16 @@ void prepare_conv(const IsaImpl& impl, int64_t N, int64_t Hp, int64_t Wp, const 
   cp.T = KH * KW * CW;
   cp.kv = (int32_t)(C * KH * KW);
   const at::Tensor wpc = wp.contiguous();
+  const uint64_t* w = reinterpret_cast<const uint64_t*>(wpc.data_ptr<int64_t>());
+  std::vector<uint64_t> permuted;  // the weight rows in the order perm gives
+  if (perm) {
+    permuted.resize((size_t)(cp.O * cp.T));
+    for (int64_t q = 0; q < cp.O; ++q)
+      std::memcpy(permuted.data() + q * cp.T, w + perm[q] * cp.T, (size_t)cp.T * sizeof(uint64_t));
+    w = permuted.data();
+  }
   st.wb.assign((size_t)impl.weight_words(cp.Opad, cp.T), 0);
-  impl.repack(reinterpret_cast<const uint64_t*>(wpc.data_ptr<int64_t>()), cp.O, cp.T, cp.Opad, st.wb.data());
+  impl.repack(w, cp.O, cp.T, cp.Opad, st.wb.data());
   st.offs.assign((size_t)cp.T, 0);
   for (int64_t kh = 0, t = 0; kh < KH; ++kh)
     for (int64_t kw = 0; kw < KW; ++kw)
@@ -347,12 +377,12 @@ void prepare_conv(const IsaImpl& impl, int64_t N, int64_t Hp, int64_t Wp, const 
   cp.tiles_per_row = ceil_div(cp.Wo, tw);
 }
 
-// Per-thread scratch of the tiles (see conv_tiles).
+// Per-thread scratch of the tiles (see conv_tiles and finish_tile).
 struct TileScratch {
   std::vector<int32_t> cnt;
   std::vector<float> tmp;
   explicit TileScratch(const ConvParams& cp)
-      : cnt((size_t)(2 * cp.tile_w * cp.Opad)), tmp((size_t)std::max(cp.tile_w, cp.Opad)) {}
+      : cnt((size_t)(2 * cp.tile_w * cp.Opad)), tmp((size_t)std::max((2 * cp.ps + 1) * cp.tile_w, cp.Opad)) {}
   int32_t* counts() { return cnt.data(); }
   int32_t* transposed() { return cnt.data() + cnt.size() / 2; }
 };
@@ -490,10 +520,16 @@ at::Tensor binary_conv2d(const at::Tensor& x_in, const at::Tensor& wp, int64_t C
                          c10::IntArrayRef padding, c10::IntArrayRef dilation, const at::Tensor& scale,
                          const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& threshold,
                          int64_t shortcut, const c10::optional<at::Tensor>& shift_in,
-                         const c10::optional<at::Tensor>& slope, const c10::optional<at::Tensor>& shift_out) {
+                         const c10::optional<at::Tensor>& slope, const c10::optional<at::Tensor>& shift_out,
+                         int64_t pixel_shuffle) {
   check_cpu_float(x_in, "x");
   TORCH_CHECK(x_in.dim() == 4, "x must be [N, C, H, W], got ", x_in.sizes());
   TORCH_CHECK(x_in.size(1) == C, "x has ", x_in.size(1), " channels, the layer ", C);
+  const int64_t r = pixel_shuffle;
+  // r <= O / r first: r * r cannot overflow
+  TORCH_CHECK(r >= 1 && r <= wp.size(0) / r && wp.size(0) % (r * r) == 0, "pixel_shuffle=", r,
+              " needs the output channels (", wp.size(0), ") to be a multiple of pixel_shuffle^2: use a conv with ",
+              "out_channels = k * ", r, "^2, or pixel_shuffle=1");
   check_packed_weight(wp, C);
   TORCH_CHECK(C * wp.size(1) * wp.size(2) < (1 << 24), "C * KH * KW must be below 2^24");
   const auto pad = four(padding, "padding");
@@ -509,7 +545,8 @@ at::Tensor binary_conv2d(const at::Tensor& x_in, const at::Tensor& wp, int64_t C
   TORCH_CHECK(shortcut == SC_NONE || (cp.Ho == H && cp.Wo == W), "a shortcut needs the output size (", cp.Ho, "x",
               cp.Wo, ") to equal the input size (", H, "x", W, ")");
   const at::Tensor thr = channel_vector(threshold, C, "threshold");
-  at::Tensor out = at::empty({N, O, cp.Ho, cp.Wo},
+  // pixel shuffle r: [N, O / r^2, Ho r, Wo r] (r = 1: the conv's [N, O, Ho, Wo])
+  at::Tensor out = at::empty({N, O / (r * r), cp.Ho * r, cp.Wo * r},
                              x.options().memory_format(nhwc ? at::MemoryFormat::ChannelsLast
                                                             : at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
@@ -517,8 +554,35 @@ at::Tensor binary_conv2d(const at::Tensor& x_in, const at::Tensor& wp, int64_t C
   cp.out_nhwc = nhwc;
   cp.stream = out.nbytes() >= kStreamBytes;
   cp.x = x.data_ptr<float>();
+  cp.ps = r;
   ConvStorage st;
-  prepare_conv(impl, N, H + pad[0] + pad[1], W + pad[2] + pad[3], wp, C, s[0], s[1], d[0], d[1], cp, st);
+  std::vector<int64_t> perm;
+  if (nhwc && r > 1) {
+    // channels_last shuffle: conv channel q = (i r + j) Cs + c is the layer's o = c r^2 + i r + j
+    // (see finish_tile); permute the weight rows, the epilogue parameters and the shortcut sources
+    const int64_t Cs = O / (r * r);
+    perm.resize((size_t)O);
+    for (int64_t q = 0; q < O; ++q) perm[(size_t)q] = (q % Cs) * r * r + q / Cs;
+    const float* src[5] = {cp.scale, cp.bias, cp.shift_in, cp.slope, cp.shift_out};
+    const float** dst[5] = {&cp.scale, &cp.bias, &cp.shift_in, &cp.slope, &cp.shift_out};
+    st.params.resize((size_t)(5 * O));
+    for (int k = 0; k < 5; ++k) {
+      if (!src[k]) continue;  // no RPReLU
+      float* pk = st.params.data() + k * O;
+      for (int64_t q = 0; q < O; ++q) pk[q] = src[k][perm[(size_t)q]];
+      *dst[k] = pk;
+    }
+    if (shortcut != SC_NONE) {
+      st.sc_src.resize((size_t)O);
+      for (int64_t q = 0; q < O; ++q) {
+        const int64_t o = perm[(size_t)q];
+        st.sc_src[(size_t)q] = shortcut == SC_REPEAT ? o / cp.sc_k : (shortcut == SC_MEAN ? o * cp.sc_k : o);
+      }
+      cp.sc_src = st.sc_src.data();
+    }
+  }
+  prepare_conv(impl, N, H + pad[0] + pad[1], W + pad[2] + pad[3], wp, C, s[0], s[1], d[0], d[1], cp, st,
+               perm.empty() ? nullptr : perm.data());
   at::Tensor xp = at::empty({N, cp.Hp, cp.Wp, cp.CW}, x.options().dtype(at::kLong));
   pack_into(impl, x, nhwc, thr, pad[0], pad[1], pad[2], pad[3], xp);
   run_packed(impl, xp, cp);
@@ -618,7 +682,7 @@ TORCH_LIBRARY(bsr_engine, m) {
   m.def("conv_counts(Tensor xp, Tensor wp, int in_channels, int[] stride, int[] dilation) -> Tensor");
   m.def("binary_conv2d(Tensor x, Tensor wp, int in_channels, int[] stride, int[] padding, int[] dilation, "
         "Tensor scale, Tensor? bias, Tensor? threshold, int shortcut, Tensor? shift_in, Tensor? slope, "
-        "Tensor? shift_out) -> Tensor");
+        "Tensor? shift_out, int pixel_shuffle=1) -> Tensor");
   m.def("binary_linear(Tensor x, Tensor wp, int in_features, Tensor scale, Tensor? bias, Tensor? threshold, "
         "int shortcut, Tensor? shift_in, Tensor? slope, Tensor? shift_out) -> Tensor");
   m.def("xor_popcount_roofline(Tensor a, Tensor w, int repeats) -> int");

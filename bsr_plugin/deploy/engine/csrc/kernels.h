@@ -408,6 +408,10 @@ BSR_TARGET static inline vf_t v_dot(const int32_t* c, int32_t kv) {  // (float)(
   const __m512i ci = _mm512_loadu_si512((const void*)c);
   return _mm512_maskz_cvtepi32_ps((__mmask16)0xffff, _mm512_sub_epi32(_mm512_set1_epi32(kv), _mm512_add_epi32(ci, ci)));
 }
+BSR_TARGET static inline vf_t v_dot_masked(const int32_t* c, int32_t kv, __mmask16 m) {  // lanes in m only read
+  const __m512i ci = _mm512_maskz_loadu_epi32(m, c);
+  return _mm512_maskz_cvtepi32_ps((__mmask16)0xffff, _mm512_sub_epi32(_mm512_set1_epi32(kv), _mm512_add_epi32(ci, ci)));
+}
 BSR_TARGET static inline vf_t v_ge0_else(vf_t t, vf_t other) {  // t >= 0 ? t : other
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_GE_OQ), other, t);
 }
@@ -432,6 +436,78 @@ BSR_TARGET static inline void v_store(float* p, vf_t v) { _mm256_storeu_ps(p, v)
 BSR_TARGET static inline void v_stream(float* p, vf_t v) { _mm256_stream_ps(p, v); }
 #endif
 
+#if BSR_ISA >= 1
+// Index tables of the 3-way interleave (pixel shuffle r = 3): element e of output vector k is
+// element m / 3 of input m % 3, m = VW k + e.
+struct Zip3Tables {
+  int32_t idx[3][VW];   // m / 3
+  int32_t idx2[3][VW];  // m / 3 + VW where input 1 (AVX-512 two-source permute of inputs 0, 1)
+  int32_t sel1[3][VW];  // -1 where input 1 (AVX2 blend masks)
+  int32_t sel2[3][VW];  // -1 where input 2
+  uint32_t mask2[3];    // bit e where input 2 (AVX-512)
+};
+static constexpr Zip3Tables make_zip3() {
+  Zip3Tables t{};
+  for (int k = 0; k < 3; ++k)
+    for (int e = 0; e < VW; ++e) {
+      const int m = VW * k + e, src = m % 3;
+      t.idx[k][e] = m / 3;
+      t.idx2[k][e] = m / 3 + (src == 1 ? VW : 0);
+      t.sel1[k][e] = src == 1 ? -1 : 0;
+      t.sel2[k][e] = src == 2 ? -1 : 0;
+      if (src == 2) t.mask2[k] |= 1u << e;
+    }
+  return t;
+}
+alignas(64) static constexpr Zip3Tables kZip3 = make_zip3();
+
+// Interleave two vectors: lo = a0 b0 a1 b1 ..., hi = the second halves' pairs.
+BSR_TARGET static inline void v_zip2(vf_t a, vf_t b, vf_t& lo, vf_t& hi) {
+#if BSR_ISA == 2
+  const __m512i il = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i ih = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  lo = _mm512_permutex2var_ps(a, il, b);
+  hi = _mm512_permutex2var_ps(a, ih, b);
+#else
+  // unpack works within 128-bit halves: a0 b0 a1 b1 | a4 b4 a5 b5 and a2 b2 a3 b3 | a6 b6 a7 b7
+  const vf_t l = _mm256_unpacklo_ps(a, b), h = _mm256_unpackhi_ps(a, b);
+  lo = _mm256_permute2f128_ps(l, h, 0x20);
+  hi = _mm256_permute2f128_ps(l, h, 0x31);
+#endif
+}
+
+// Interleave R = 2, 3, 4 vectors y[j] (VW values of channel j each) into z[0..R): the R VW
+// values y0[0] y1[0] .. y{R-1}[0] y0[1] .. in order. R = 4 is two levels of R = 2.
+template <int R>
+BSR_TARGET static inline void v_zip(const vf_t* y, vf_t* z) {
+  static_assert(R >= 2 && R <= 4, "v_zip: R = 2, 3 or 4");
+  if constexpr (R == 2) {
+    v_zip2(y[0], y[1], z[0], z[1]);
+  } else if constexpr (R == 4) {
+    vf_t p0, p1, q0, q1;
+    v_zip2(y[0], y[2], p0, p1);  // y0 y2 pairs
+    v_zip2(y[1], y[3], q0, q1);  // y1 y3 pairs
+    v_zip2(p0, q0, z[0], z[1]);
+    v_zip2(p1, q1, z[2], z[3]);
+  } else {
+#pragma GCC unroll 3
+    for (int k = 0; k < 3; ++k) {
+#if BSR_ISA == 2
+      const vf_t t = _mm512_permutex2var_ps(y[0], _mm512_load_si512((const void*)kZip3.idx2[k]), y[1]);
+      z[k] = _mm512_mask_permutexvar_ps(t, (__mmask16)kZip3.mask2[k], _mm512_load_si512((const void*)kZip3.idx[k]),
+                                        y[2]);
+#else
+      const __m256i idx = _mm256_load_si256((const __m256i*)kZip3.idx[k]);
+      const vf_t a = _mm256_permutevar8x32_ps(y[0], idx), b = _mm256_permutevar8x32_ps(y[1], idx),
+                 c = _mm256_permutevar8x32_ps(y[2], idx);
+      const vf_t ab = _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_load_si256((const __m256i*)kZip3.sel1[k])));
+      z[k] = _mm256_blendv_ps(ab, c, _mm256_castsi256_ps(_mm256_load_si256((const __m256i*)kZip3.sel2[k])));
+#endif
+    }
+  }
+}
+#endif
+
 // One output value: y = scale * (K - 2 cnt) + bias, then RPReLU, then + shortcut (the same
 // float operations, in the same order, as the simulation; the vector paths match it bit for bit).
 template <bool RP, bool SC>
@@ -447,49 +523,138 @@ BSR_TARGET static inline float epi1(int32_t c, int32_t kv, float s, float b, flo
   return y;
 }
 
+#if BSR_ISA >= 1
+// VW outputs of one channel: epi1 on vectors (the same operations in the same order), from the
+// dot products d (v_dot) and, when SC, the shortcut values scv.
+template <bool RP, bool SC>
+BSR_TARGET static inline vf_t epi_vec(vf_t d, vf_t s, vf_t b, vf_t si, vf_t sl, vf_t so, vf_t scv) {
+  vf_t y = v_add(v_mul(s, d), b);
+  if (RP) {
+    const vf_t t = v_sub(y, si);
+    y = v_add(v_ge0_else(t, v_mul(sl, t)), so);
+  }
+  if (SC) y = v_add(y, scv);
+  return y;
+}
+#endif
+
 // One output row segment of one channel (NCHW): per-channel scalars, vectors over pixels.
 // NT: streaming stores (the output bypasses the caches; for outputs far larger than them).
+// sc (the shortcut row) is only read, and only offset, when SC.
 template <bool RP, bool SC, bool NT>
 BSR_TARGET static void epilogue_row(const int32_t* __restrict c, int64_t n, float* __restrict dst, int32_t kv,
                                     float s, float b, float si, float sl, float so, const float* __restrict sc) {
+#define BSR_EPI1(p) epi1<RP, SC>(c[p], kv, s, b, si, sl, so, SC ? sc + (p) : sc)
   int64_t p = 0;
 #if BSR_ISA >= 1
   if (NT)  // scalar head up to the vector alignment streaming stores need
-    for (; p < n && (reinterpret_cast<uintptr_t>(dst + p) % (VW * sizeof(float))) != 0; ++p)
-      dst[p] = epi1<RP, SC>(c[p], kv, s, b, si, sl, so, sc + p);
+    for (; p < n && (reinterpret_cast<uintptr_t>(dst + p) % (VW * sizeof(float))) != 0; ++p) dst[p] = BSR_EPI1(p);
   const vf_t vs = v_set1(s), vb = v_set1(b), vsi = v_set1(si), vsl = v_set1(sl), vso = v_set1(so);
   for (; p + VW <= n; p += VW) {
-    vf_t y = v_add(v_mul(vs, v_dot(c + p, kv)), vb);
-    if (RP) {
-      const vf_t t = v_sub(y, vsi);
-      y = v_add(v_ge0_else(t, v_mul(vsl, t)), vso);
-    }
-    if (SC) y = v_add(y, v_load(sc + p));
+    const vf_t y = epi_vec<RP, SC>(v_dot(c + p, kv), vs, vb, vsi, vsl, vso, SC ? v_load(sc + p) : vb);
     if (NT) v_stream(dst + p, y);
     else v_store(dst + p, y);
   }
 #endif
-  for (; p < n; ++p) dst[p] = epi1<RP, SC>(c[p], kv, s, b, si, sl, so, sc + p);
+  for (; p < n; ++p) dst[p] = BSR_EPI1(p);
+#undef BSR_EPI1
 }
 
-// One output pixel, all channels (NHWC): vectors over channels.
+// Pixel shuffle r = R (2, 3, 4; NCHW): the row segments of R consecutive channels interleaved,
+// dst[R p + j] = channel j's output at pixel p, j < R. Channel j: counts c + j cs, parameters
+// s[j], b[j] (si[j], sl[j], so[j] when RP), shortcut row sc[j] (when SC). Vectors over VW
+// pixels of the R channels, zipped in registers into R contiguous output vectors; AVX-512 ends
+// the row with one masked step (rows of fewer than VW pixels too: wide layers have 8-pixel
+// tiles), the other ISAs with scalar code.
+template <int R, bool RP, bool SC>
+BSR_TARGET static inline void epi_pixel_zip(const int32_t* c, int64_t cs, int64_t p, float* dst, int32_t kv,
+                                            const float* s, const float* b, const float* si, const float* sl,
+                                            const float* so, const float* const* sc) {
+  for (int j = 0; j < R; ++j)
+    dst[R * p + j] = epi1<RP, SC>(c[j * cs + p], kv, s[j], b[j], RP ? si[j] : 0.f, RP ? sl[j] : 0.f,
+                                  RP ? so[j] : 0.f, SC ? sc[j] + p : nullptr);
+}
+
+template <int R, bool RP, bool SC, bool NT>
+BSR_TARGET static inline __attribute__((always_inline)) void epilogue_zip(
+    const int32_t* c, int64_t cs, int64_t n, float* __restrict dst, int32_t kv, const float* s, const float* b,
+    const float* si, const float* sl, const float* so, const float* const* sc) {
+  int64_t p = 0;
+#if BSR_ISA >= 1
+  // streaming stores: scalar head up to their alignment (unless the row is shorter than a
+  // vector: then it is one masked step of plain stores on AVX-512)
+  if (NT && (BSR_ISA == 1 || n >= VW))
+    for (; p < n && (reinterpret_cast<uintptr_t>(dst + R * p) % (VW * sizeof(float))) != 0; ++p)
+      epi_pixel_zip<R, RP, SC>(c, cs, p, dst, kv, s, b, si, sl, so, sc);
+  vf_t vs[R], vb[R], vsi[R], vsl[R], vso[R];
+#pragma GCC unroll 4
+  for (int j = 0; j < R; ++j) {
+    vs[j] = v_set1(s[j]);
+    vb[j] = v_set1(b[j]);
+    vsi[j] = v_set1(RP ? si[j] : 0.f);
+    vsl[j] = v_set1(RP ? sl[j] : 0.f);
+    vso[j] = v_set1(RP ? so[j] : 0.f);
+  }
+  for (; p + VW <= n; p += VW) {
+    vf_t y[R], z[R];
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j)
+      y[j] = epi_vec<RP, SC>(v_dot(c + j * cs + p, kv), vs[j], vb[j], vsi[j], vsl[j], vso[j],
+                             SC ? v_load(sc[j] + p) : vb[j]);
+    v_zip<R>(y, z);
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) {
+      if (NT) v_stream(dst + R * p + j * VW, z[j]);
+      else v_store(dst + R * p + j * VW, z[j]);
+    }
+  }
+#if BSR_ISA == 2
+  if (p < n) {  // the last n - p < VW pixels: masked loads (lanes beyond n are neither read nor stored)
+    const int64_t rem = n - p;
+    const __mmask16 m = (__mmask16)((1u << rem) - 1u);
+    vf_t y[R], z[R];
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j)
+      y[j] = epi_vec<RP, SC>(v_dot_masked(c + j * cs + p, kv, m), vs[j], vb[j], vsi[j], vsl[j], vso[j],
+                             SC ? _mm512_maskz_loadu_ps(m, sc[j] + p) : vb[j]);
+    v_zip<R>(y, z);
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) {  // output values [j VW, (j + 1) VW) of the R rem valid ones
+      const int64_t left = R * rem - j * VW;
+      if (left <= 0) break;
+      const __mmask16 mj = left >= VW ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+      _mm512_mask_storeu_ps(dst + R * p + j * VW, mj, z[j]);
+    }
+    p = n;
+  }
+#endif
+#endif
+  for (int j = 0; j < R; ++j) {  // scalar tail, one channel at a time
+    const int32_t* cj = c + j * cs;
+    const float sj = s[j], bj = b[j], sij = RP ? si[j] : 0.f, slj = RP ? sl[j] : 0.f, soj = RP ? so[j] : 0.f;
+    for (int64_t q = p; q < n; ++q)
+      dst[R * q + j] = epi1<RP, SC>(cj[q], kv, sj, bj, sij, slj, soj, SC ? sc[j] + q : nullptr);
+  }
+}
+
+// One output pixel, `O` consecutive channels (NHWC): vectors over channels. s, b, si, sl, so,
+// sc point at the first of them (si, sl, so only read when RP, sc when SC).
 template <bool RP, bool SC, bool NT>
 BSR_TARGET static void epilogue_pixel(const int32_t* __restrict c, int64_t O, float* __restrict dst, int32_t kv,
                                       const float* __restrict s, const float* __restrict b,
                                       const float* __restrict si, const float* __restrict sl,
                                       const float* __restrict so, const float* __restrict sc) {
   int64_t o = 0;
-#define BSR_EPI1(o) epi1<RP, SC>(c[o], kv, s[o], b[o], RP ? si[o] : 0.f, RP ? sl[o] : 0.f, RP ? so[o] : 0.f, sc + (o))
+#define BSR_EPI1(o) \
+  epi1<RP, SC>(c[o], kv, s[o], b[o], RP ? si[o] : 0.f, RP ? sl[o] : 0.f, RP ? so[o] : 0.f, SC ? sc + (o) : sc)
 #if BSR_ISA >= 1
   if (NT)
     for (; o < O && (reinterpret_cast<uintptr_t>(dst + o) % (VW * sizeof(float))) != 0; ++o) dst[o] = BSR_EPI1(o);
+  const vf_t zero = v_set1(0.f);
   for (; o + VW <= O; o += VW) {
-    vf_t y = v_add(v_mul(v_load(s + o), v_dot(c + o, kv)), v_load(b + o));
-    if (RP) {
-      const vf_t t = v_sub(y, v_load(si + o));
-      y = v_add(v_ge0_else(t, v_mul(v_load(sl + o), t)), v_load(so + o));
-    }
-    if (SC) y = v_add(y, v_load(sc + o));
+    const vf_t y = epi_vec<RP, SC>(v_dot(c + o, kv), v_load(s + o), v_load(b + o), RP ? v_load(si + o) : zero,
+                                   RP ? v_load(sl + o) : zero, RP ? v_load(so + o) : zero,
+                                   SC ? v_load(sc + o) : zero);
     if (NT) v_stream(dst + o, y);
     else v_store(dst + o, y);
   }
@@ -512,24 +677,40 @@ BSR_TARGET static inline void epilogue_row_any(const int32_t* c, int64_t n, floa
   }
 }
 
+// Channels [o0, o0 + count) of one pixel (NHWC); sc points at channel o0's shortcut or is null.
 template <bool NT>
-BSR_TARGET static inline void epilogue_pixel_any(const int32_t* c, float* dst, const ConvParams& cp,
-                                                 const float* sc) {
+BSR_TARGET static inline void epilogue_pixel_any(const int32_t* c, float* dst, const ConvParams& cp, const float* sc,
+                                                 int64_t o0, int64_t count) {
+  const float *s = cp.scale + o0, *b = cp.bias + o0;
   if (cp.shift_in) {
-    if (sc) epilogue_pixel<true, true, NT>(c, cp.O, dst, cp.kv, cp.scale, cp.bias, cp.shift_in, cp.slope,
-                                           cp.shift_out, sc);
-    else epilogue_pixel<true, false, NT>(c, cp.O, dst, cp.kv, cp.scale, cp.bias, cp.shift_in, cp.slope,
-                                         cp.shift_out, sc);
+    const float *si = cp.shift_in + o0, *sl = cp.slope + o0, *so = cp.shift_out + o0;
+    if (sc) epilogue_pixel<true, true, NT>(c, count, dst, cp.kv, s, b, si, sl, so, sc);
+    else epilogue_pixel<true, false, NT>(c, count, dst, cp.kv, s, b, si, sl, so, sc);
   } else {
-    if (sc) epilogue_pixel<false, true, NT>(c, cp.O, dst, cp.kv, cp.scale, cp.bias, nullptr, nullptr, nullptr, sc);
-    else epilogue_pixel<false, false, NT>(c, cp.O, dst, cp.kv, cp.scale, cp.bias, nullptr, nullptr, nullptr, sc);
+    if (sc) epilogue_pixel<false, true, NT>(c, count, dst, cp.kv, s, b, nullptr, nullptr, nullptr, sc);
+    else epilogue_pixel<false, false, NT>(c, count, dst, cp.kv, s, b, nullptr, nullptr, nullptr, sc);
   }
+}
+
+// n contiguous floats from an L1 buffer to the output (NT: streaming stores after a scalar head
+// up to their alignment).
+template <bool NT>
+BSR_TARGET static void store_row(const float* __restrict src, int64_t n, float* __restrict dst) {
+  int64_t p = 0;
+#if BSR_ISA >= 1
+  if (NT) {
+    for (; p < n && (reinterpret_cast<uintptr_t>(dst + p) % (VW * sizeof(float))) != 0; ++p) dst[p] = src[p];
+    for (; p + VW <= n; p += VW) v_stream(dst + p, v_load(src + p));
+  }
+#endif
+  if (p < n) std::memcpy(dst + p, src + p, (size_t)(n - p) * sizeof(float));
 }
 
 // The shortcut of output channel o for pixels [x0, x0 + np) of row oy, NCHW x: a pointer into x
 // (identity, repeat) or the mean of k channels written to `tmp`. Output size == input size.
-BSR_TARGET static const float* shortcut_row_nchw(const ConvParams& cp, int64_t n, int64_t oy, int64_t x0, int64_t np,
-                                                 int64_t o, float* __restrict tmp) {
+// (Always inlined: it runs once per channel and tile, and its callers know the shortcut mode.)
+BSR_TARGET static inline __attribute__((always_inline)) const float* shortcut_row_nchw(
+    const ConvParams& cp, int64_t n, int64_t oy, int64_t x0, int64_t np, int64_t o, float* __restrict tmp) {
   const int64_t HW = cp.Ho * cp.Wo;
   const float* xr = cp.x + n * cp.C * HW + oy * cp.Wo + x0;
   switch (cp.shortcut) {
@@ -572,19 +753,156 @@ BSR_TARGET static const float* shortcut_pixel_nhwc(const ConvParams& cp, const f
   }
 }
 
+// The shortcut of one output pixel in the permuted channel order of a pixel-shuffled NHWC
+// output (see binary_conv2d): channel q takes input channel sc_src[q] (identity, repeat) or the
+// mean of sc_k channels from sc_src[q] on, with the operations of shortcut_pixel_nhwc.
+BSR_TARGET static const float* shortcut_pixel_shuffled(const ConvParams& cp, const float* xp, float* __restrict tmp) {
+  const int64_t* src = cp.sc_src;
+  if (cp.shortcut == SC_MEAN) {
+    const int64_t k = cp.sc_k;
+    const float kf = (float)k;
+    for (int64_t q = 0; q < cp.O; ++q) {
+      const float* g = xp + src[q];
+      float s = g[0];
+      for (int64_t j = 1; j < k; ++j) s += g[j];
+      tmp[q] = s / kf;
+    }
+  } else {
+    for (int64_t q = 0; q < cp.O; ++q) tmp[q] = xp[src[q]];
+  }
+  return tmp;
+}
+
+// One run of finish_zip: conv channels o .. o + R - 1 into dst (shortcut rows from xr, the
+// input's row at channel 0; repeat: o = q k + qr).
+template <int R, bool RP, int SCM, bool NT>
+BSR_TARGET static inline __attribute__((always_inline)) void zip_run(const ConvParams& cp, int64_t n, int64_t oy,
+                                                                     int64_t x0, int64_t np, const int32_t* cntT,
+                                                                     int64_t npad, float* tmp, const float* xr,
+                                                                     int64_t o, int64_t q, int64_t qr, float* dst) {
+  const float* sc[R] = {};
+  if constexpr (SCM == SC_IDENTITY) {
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) sc[j] = xr + (o + j) * cp.Ho * cp.Wo;
+  } else if constexpr (SCM == SC_REPEAT) {
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) {
+      sc[j] = xr + q * cp.Ho * cp.Wo;
+      if (++qr == cp.sc_k) qr = 0, ++q;
+    }
+  } else if constexpr (SCM == SC_MEAN) {
+    for (int j = 0; j < R; ++j) sc[j] = shortcut_row_nchw(cp, n, oy, x0, np, o + j, tmp + j * npad);
+  }
+  epilogue_zip<R, RP, SCM != SC_NONE, NT>(cntT + o * npad, npad, np, dst, cp.kv, cp.scale + o, cp.bias + o,
+                                          RP ? cp.shift_in + o : nullptr, RP ? cp.slope + o : nullptr,
+                                          RP ? cp.shift_out + o : nullptr, sc);
+}
+
+// The float output of one tile (image n, output row oy, pixels [x0, x0 + np); channel-major
+// counts cntT[o][npad]), NCHW, pixel-shuffled r = R (2, 3, 4): output row oy R + i of channel
+// ch interleaves the row segments of the R consecutive conv channels o + j = (ch R + i) R + j:
+// dst[p R + j] = channel o + j's output at pixel x0 + p, a run of np R floats. One
+// instantiation per (R, RPReLU, shortcut mode SCM, streaming), so that the loop over the O / R
+// runs has no dispatch; the repeat shortcut's input channel (o + j) / k is tracked without
+// divisions. Run order (measured, Zen 4, outputs beyond the L2 written with plain stores):
+// R = 2 channel by channel (its R rows in turn), R = 3, 4 row by row (row i of every channel).
+// tmp: the R mean-shortcut rows.
+template <int R, bool RP, int SCM, bool NT>
+BSR_TARGET static void finish_zip(const ConvParams& cp, int64_t n, int64_t oy, int64_t x0, int64_t np,
+                                  const int32_t* cntT, int64_t npad, float* tmp) {
+  const int64_t Cs = cp.O / (R * R), Hs = cp.Ho * R, Ws = cp.Wo * R, k = cp.sc_k;
+  float* base = cp.out + (n * Cs * Hs + oy * R) * Ws + x0 * R;  // channel 0, output row oy R
+  // shortcut rows (output size == input size): row oy, pixels from x0 of input channel 0
+  const float* xr = SCM != SC_NONE ? cp.x + n * cp.C * cp.Ho * cp.Wo + oy * cp.Wo + x0 : nullptr;
+  if constexpr (R == 2) {
+    int64_t q = 0, qr = 0;  // repeat: o = q k + qr, 0 <= qr < k; o grows by R per run
+    const int64_t dq = R / k, dr = R % k;
+    for (int64_t ch = 0; ch < Cs; ++ch)
+#pragma GCC unroll 2
+      for (int i = 0; i < R; ++i) {
+        zip_run<R, RP, SCM, NT>(cp, n, oy, x0, np, cntT, npad, tmp, xr, (ch * R + i) * R, q, qr,
+                                base + (ch * Hs + i) * Ws);
+        q += dq;
+        qr += dr;
+        if (qr >= k) qr -= k, ++q;
+      }
+  } else {
+    const int64_t dq = R * R / k, dr = R * R % k;  // o grows by R^2 per channel
+    for (int i = 0; i < R; ++i) {
+      int64_t q = i * R / k, qr = i * R % k;
+      for (int64_t ch = 0; ch < Cs; ++ch) {
+        zip_run<R, RP, SCM, NT>(cp, n, oy, x0, np, cntT, npad, tmp, xr, (ch * R + i) * R, q, qr,
+                                base + (ch * Hs + i) * Ws);
+        q += dq;
+        qr += dr;
+        if (qr >= k) qr -= k, ++q;
+      }
+    }
+  }
+}
+
+template <int R, bool RP, bool NT>
+BSR_TARGET static void finish_zip_sc(const ConvParams& cp, int64_t n, int64_t oy, int64_t x0, int64_t np,
+                                     const int32_t* cntT, int64_t npad, float* tmp) {
+  switch (cp.shortcut) {
+    case SC_IDENTITY: finish_zip<R, RP, SC_IDENTITY, NT>(cp, n, oy, x0, np, cntT, npad, tmp); break;
+    case SC_REPEAT: finish_zip<R, RP, SC_REPEAT, NT>(cp, n, oy, x0, np, cntT, npad, tmp); break;
+    case SC_MEAN: finish_zip<R, RP, SC_MEAN, NT>(cp, n, oy, x0, np, cntT, npad, tmp); break;
+    default: finish_zip<R, RP, SC_NONE, NT>(cp, n, oy, x0, np, cntT, npad, tmp); break;
+  }
+}
+
+template <int R, bool NT>
+BSR_TARGET static void finish_zip_any(const ConvParams& cp, int64_t n, int64_t oy, int64_t x0, int64_t np,
+                                      const int32_t* cntT, int64_t npad, float* tmp) {
+  if (cp.shift_in) finish_zip_sc<R, true, NT>(cp, n, oy, x0, np, cntT, npad, tmp);
+  else finish_zip_sc<R, false, NT>(cp, n, oy, x0, np, cntT, npad, tmp);
+}
+
 // Finish one tile (image n, output row oy, pixels [x0, x0 + np)) from its counts
 // cnt[p][Opad]: float NCHW / NHWC output, or int32 dot products (NCHW) for conv_counts.
+// With a pixel shuffle r = cp.ps > 1 the float output is [N, O / r^2, Ho r, Wo r], conv channel
+// o = c r^2 + i r + j of pixel (oy, x) going to channel c, pixel (oy r + i, x r + j): the tile
+// fills output rows oy r + i (i < r), columns [x0 r, (x0 + np) r), each a contiguous run.
+// Scratch: tmp holds max(Opad, (2 r + 1) tile_w) floats.
 BSR_TARGET static void finish_tile(const ConvParams& cp, int64_t n, int64_t oy, int64_t x0, int64_t np,
                                    const int32_t* cnt, int32_t* cntT, float* tmp) {
-  const int64_t O = cp.O, Opad = cp.Opad, Ho = cp.Ho, Wo = cp.Wo;
+  const int64_t O = cp.O, Opad = cp.Opad, Ho = cp.Ho, Wo = cp.Wo, r = cp.ps;
   const int32_t kv = cp.kv;
   const bool nt = BSR_ISA >= 1 && cp.stream;
-  if (cp.out_nhwc) {  // counts are already pixel-major: one vector pass per pixel
+  if (cp.out_nhwc) {
+    // Counts are already pixel-major: one vector pass per pixel. Shuffled, the conv channels
+    // are permuted (weights and epilogue parameters, see binary_conv2d) to q = (i r + j) Cs + c,
+    // Cs = O / r^2, so channels [i blk, (i + 1) blk), blk = O / r, are output row oy r + i's
+    // pixels x r + j (j < r) x Cs channels: one contiguous run of the channels_last output.
+    // r = 1 is the plain output (one block of all O channels).
+    const int64_t blk = O / r, Ws = Wo * r, Cs = blk / r;
+    // repeat shortcut with k = r^2 (C = Cs: the usual upsampler): conv channel
+    // q = (i r + j) Cs + c is o = c r^2 + i r + j, its shortcut x[o / r^2] = x[c], so every
+    // block of Cs channels (one output pixel) adds the input pixel's channels as they are
+    const bool direct = r > 1 && cp.shortcut == SC_REPEAT && cp.sc_k == r * r;
     for (int64_t p = 0; p < np; ++p) {
-      const int64_t pix = (n * Ho + oy) * Wo + x0 + p;
-      const float* sc = cp.shortcut ? shortcut_pixel_nhwc(cp, cp.x + pix * cp.C, tmp) : nullptr;
-      if (nt) epilogue_pixel_any<true>(cnt + p * Opad, cp.out + pix * O, cp, sc);
-      else epilogue_pixel_any<false>(cnt + p * Opad, cp.out + pix * O, cp, sc);
+      const float* sc = nullptr;
+      if (cp.shortcut) {
+        const float* xpix = cp.x + ((n * Ho + oy) * Wo + x0 + p) * cp.C;
+        if (direct) {
+          for (int64_t b = 0; b < r * r; ++b) {  // block b = i r + j: output row oy r + i, pixel (x0 + p) r + j
+            float* dst = cp.out + (((n * Ho + oy) * r + b / r) * Ws + (x0 + p) * r + b % r) * Cs;
+            const int32_t* c = cnt + p * Opad + b * Cs;
+            if (nt) epilogue_pixel_any<true>(c, dst, cp, xpix, b * Cs, Cs);
+            else epilogue_pixel_any<false>(c, dst, cp, xpix, b * Cs, Cs);
+          }
+          continue;
+        }
+        sc = r > 1 ? shortcut_pixel_shuffled(cp, xpix, tmp) : shortcut_pixel_nhwc(cp, xpix, tmp);
+      }
+      for (int64_t i = 0; i < r; ++i) {
+        float* dst = cp.out + (((n * Ho + oy) * r + i) * Ws + (x0 + p) * r) * Cs;
+        const int32_t* c = cnt + p * Opad + i * blk;
+        const float* sci = sc ? sc + i * blk : nullptr;
+        if (nt) epilogue_pixel_any<true>(c, dst, cp, sci, i * blk, blk);
+        else epilogue_pixel_any<false>(c, dst, cp, sci, i * blk, blk);
+      }
     }
     return;
   }
@@ -593,23 +911,55 @@ BSR_TARGET static void finish_tile(const ConvParams& cp, int64_t n, int64_t oy, 
   const int64_t npad = (np + 7) & ~(int64_t)7;
   for (int64_t p = 0; p < npad; p += 8)
     for (int64_t o = 0; o < Opad; o += 8) transpose8x8_i32(cnt + p * Opad + o, Opad, cntT + o * npad + p, npad);
-  for (int64_t o = 0; o < O; ++o) {
-    const int32_t* c = cntT + o * npad;
-    const int64_t off = ((n * O + o) * Ho + oy) * Wo + x0;
-    if (cp.out_i32) {
-      int32_t* dst = cp.out_i32 + off;
-      for (int64_t p = 0; p < np; ++p) dst[p] = kv - 2 * c[p];
-      continue;
+  if (r == 1) {
+    for (int64_t o = 0; o < O; ++o) {
+      const int32_t* c = cntT + o * npad;
+      const int64_t off = ((n * O + o) * Ho + oy) * Wo + x0;
+      if (cp.out_i32) {
+        int32_t* dst = cp.out_i32 + off;
+        for (int64_t p = 0; p < np; ++p) dst[p] = kv - 2 * c[p];
+        continue;
+      }
+      const float* sc = cp.shortcut ? shortcut_row_nchw(cp, n, oy, x0, np, o, tmp) : nullptr;
+      if (nt) epilogue_row_any<true>(c, np, cp.out + off, kv, cp, o, sc);
+      else epilogue_row_any<false>(c, np, cp.out + off, kv, cp, o, sc);
     }
-    const float* sc = cp.shortcut ? shortcut_row_nchw(cp, n, oy, x0, np, o, tmp) : nullptr;
-    if (nt) epilogue_row_any<true>(c, np, cp.out + off, kv, cp, o, sc);
-    else epilogue_row_any<false>(c, np, cp.out + off, kv, cp, o, sc);
+    return;
+  }
+  // NCHW pixel-shuffled: r = 2, 3, 4 zipped in registers (finish_zip), any r through L1 (below)
+  switch (r) {
+#define BSR_ZIP(R)                                                      \
+  case R:                                                               \
+    if (nt) finish_zip_any<R, true>(cp, n, oy, x0, np, cntT, npad, tmp); \
+    else finish_zip_any<R, false>(cp, n, oy, x0, np, cntT, npad, tmp);   \
+    return;
+    BSR_ZIP(2) BSR_ZIP(3) BSR_ZIP(4)
+#undef BSR_ZIP
+    default: break;
+  }
+  // any r: output row oy r + i of channel c interleaves the row segments of the r conv
+  // channels o + j = g r + j (g = c r + i): the r rows into L1 (tmp: one mean-shortcut row,
+  // the r rows, the interleaved run), interleaved there, then stored as one run
+  const int64_t Cs = O / (r * r), Hs = Ho * r, Ws = Wo * r;
+  for (int64_t g = 0; g < O / r; ++g) {
+    const int64_t c = g / r, i = g % r, o = g * r;
+    float* dst = cp.out + ((n * Cs + c) * Hs + oy * r + i) * Ws + x0 * r;
+    float* rows = tmp + npad;
+    float* run = rows + r * npad;
+    for (int64_t j = 0; j < r; ++j) {
+      const float* sc = cp.shortcut ? shortcut_row_nchw(cp, n, oy, x0, np, o + j, tmp) : nullptr;
+      epilogue_row_any<false>(cntT + (o + j) * npad, np, rows + j * npad, kv, cp, o + j, sc);
+    }
+    for (int64_t p = 0; p < np; ++p)
+      for (int64_t j = 0; j < r; ++j) run[p * r + j] = rows[j * npad + p];
+    if (nt) store_row<true>(run, np * r, dst);
+    else store_row<false>(run, np * r, dst);
   }
 }
 
 // Tiles [begin, end): tile i = (image, output row, segment of tile_w pixels). Scratch:
-// cnt and cntT hold tile_w x Opad int32 each (tile_w is a multiple of 8), tmp max(tile_w, Opad)
-// floats.
+// cnt and cntT hold tile_w x Opad int32 each (tile_w is a multiple of 8), tmp
+// max(Opad, (2 ps + 1) tile_w) floats.
 BSR_TARGET static void conv_tiles(const ConvParams& cp, int64_t begin, int64_t end, int32_t* cnt, int32_t* cntT,
                                   float* tmp) {
   const int64_t NB = cp.Opad / LANES;
