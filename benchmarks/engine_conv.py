@@ -216,7 +216,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {m['cpu']} ({m['logical_cpus']} logical CPUs), torch {m['torch']}, ISAs {', '.join(m['isas'])}, "
         f"commit {m['commit']}. Load average before/after: {m['load_before']} / {m['load_after']}"
         + (" (**shared machine: other jobs were running**, so times are noisy; minimums are the better "
-           "estimate of the undisturbed cost)." if m["load_before"] and m["load_before"][0] > 0.5 else "."),
+           "estimate of the undisturbed cost)." if m["load_before"] and m["load_before"][0] > 1.5
+           else " (no other job was running; the 1-minute average still holds the run before this one)."),
         "",
         f"Times in ms over {s['repeats']} round-robin rounds (wall clock, min / median). Speedup = fp32 time / "
         "binary time (from the minimums; from the medians in brackets). CPU speedup (1 thread only): the same "

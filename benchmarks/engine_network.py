@@ -71,20 +71,40 @@ def make_packed_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def networks(files: dict[str, Path]) -> dict[str, nn.Module]:
-    """``float`` and, per variant, ``<variant>/engine`` and ``<variant>/simulation``."""
+CL = "@channels_last"
+
+
+def network(name: str, files: dict[str, Path]) -> nn.Module:
+    """``float``, ``<variant>/engine`` or ``<variant>/simulation``; a ``@channels_last`` suffix
+    puts the network (and, in :func:`input_for`, its input) in channels_last memory format."""
     from bsr_plugin import load_packed
     from bsr_plugin.basicsr_ext.archs import build_float_arch
 
-    nets: dict[str, nn.Module] = {"float": build_float_arch({"type": "EDSR", **EDSR_BASELINE}).eval()}
-    for name, path in files.items():
-        nets[f"{name}/engine"] = load_packed(path, engine="packed")
-        nets[f"{name}/simulation"] = load_packed(path, engine="float")
-    return nets
+    base = name.removesuffix(CL)
+    if base == "float":
+        net = build_float_arch({"type": "EDSR", **EDSR_BASELINE}).eval()
+    else:
+        variant, engine = base.split("/")
+        net = load_packed(files[variant], engine="packed" if engine == "engine" else "float")
+    return net.to(memory_format=torch.channels_last) if name.endswith(CL) else net
+
+
+def input_for(name: str, x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if name.endswith(CL) else x
+
+
+NAMES = ("float", "float" + CL, "body/engine", "body/engine" + CL, "body/simulation", "upsampler/engine",
+         "upsampler/engine" + CL, "upsampler/simulation")
+
+
+def networks(files: dict[str, Path]) -> dict[str, nn.Module]:
+    """Every network of :data:`NAMES`."""
+    return {name: network(name, files) for name in NAMES}
 
 
 def end_to_end(nets: dict[str, nn.Module], x: torch.Tensor, repeats: int) -> dict[str, dict[str, float]]:
-    calls = {name: (None, lambda net=net: net(x)) for name, net in nets.items()}
+    inputs = {name: input_for(name, x) for name in nets}
+    calls = {name: (None, lambda net=net, xi=inputs[name]: net(xi)) for name, net in nets.items()}
     with torch.no_grad():
         times = time_round_robin(calls, repeats, warmup=1)
     return {name: {"min_ms": 1e3 * min(t["wall"]), "median_ms": 1e3 * statistics.median(t["wall"])}
@@ -92,7 +112,8 @@ def end_to_end(nets: dict[str, nn.Module], x: torch.Tensor, repeats: int) -> dic
 
 
 def per_layer(nets: dict[str, nn.Module], x: torch.Tensor) -> dict[str, dict[str, dict[str, float]]]:
-    """Per variant: binarized layer -> {engine, simulation, float} milliseconds (median of 3)."""
+    """Per variant: binarized layer -> milliseconds (median of 3) on the engine, the simulation and
+    the float network, and on the engine and the float network in channels_last."""
     from bsr_plugin import is_binary
     from bsr_plugin.deploy.engine.bench import per_layer_times
 
@@ -100,25 +121,24 @@ def per_layer(nets: dict[str, nn.Module], x: torch.Tensor) -> dict[str, dict[str
     for variant in VARIANTS:
         sim = nets[f"{variant}/simulation"]
         names = [n for n, m in sim.named_modules() if is_binary(m)]
+        xc = input_for(CL, x)
         times = {"engine": per_layer_times(nets[f"{variant}/engine"], x, names, 3),
-                 "simulation": per_layer_times(sim, x, names, 3), "float": per_layer_times(nets["float"], x, names, 3)}
+                 "simulation": per_layer_times(sim, x, names, 3), "float": per_layer_times(nets["float"], x, names, 3),
+                 "engine" + CL: per_layer_times(nets[f"{variant}/engine" + CL], xc, names, 3),
+                 "float" + CL: per_layer_times(nets["float" + CL], xc, names, 3)}
         out[variant] = {n: {k: 1e3 * v[n] for k, v in times.items()} for n in names}
     return out
 
 
 PEAK_SCRIPT = r"""
 import ctypes, gc, json, sys, torch
+from pathlib import Path
 sys.path.insert(0, sys.argv[4])
-from benchmarks.engine_network import EDSR_BASELINE
+from benchmarks.engine_network import input_for, network
 torch.set_num_threads(int(sys.argv[3]))
-name, path = sys.argv[1], sys.argv[2]
-if name == "float":
-    from bsr_plugin.basicsr_ext.archs import build_float_arch
-    net = build_float_arch({"type": "EDSR", **EDSR_BASELINE}).eval()
-else:
-    from bsr_plugin import load_packed
-    net = load_packed(path, engine="packed" if name.endswith("engine") else "float")
-x = torch.rand(1, 3, int(sys.argv[5]), int(sys.argv[6]))
+name, files = sys.argv[1], {k: Path(v) for k, v in json.loads(sys.argv[2]).items()}
+net = network(name, files)
+x = input_for(name, torch.rand(1, 3, int(sys.argv[5]), int(sys.argv[6])))
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
@@ -139,9 +159,9 @@ print(json.dumps({"added_bytes": peak - before, "peak_rss_bytes": peak, "weights
 def peak_memory(files: dict[str, Path], threads: int, size_hw: tuple[int, int]) -> dict[str, dict[str, int]]:
     """Memory each network's inference adds, measured in a fresh process per network."""
     result = {}
-    for name in ["float"] + [f"{v}/{k}" for v in VARIANTS for k in ("engine", "simulation")]:
-        path = str(files[name.split("/")[0]]) if "/" in name else ""
-        proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, name, path, str(threads), str(REPO),
+    paths = json.dumps({k: str(v) for k, v in files.items()})
+    for name in NAMES:
+        proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, name, paths, str(threads), str(REPO),
                                str(size_hw[0]), str(size_hw[1])], capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
             raise RuntimeError(f"peak memory of {name} failed:\n{proc.stderr[-2000:]}")
@@ -186,14 +206,18 @@ def markdown(r: dict[str, Any]) -> str:
              f"{r['load_average']}. Median (min) of {r['repeats']} round-robin runs. `body`: the 32 residual-block "
              "convs binarized (the default), head, tail and upsampler full precision; `upsampler`: the two "
              "upsampler convs binarized too. `engine`: loaded from the packed file onto the XNOR-popcount "
-             "engine; `simulation`: the same file as float convs on +-1 values; `float`: the float EDSR.", "",
-             "| threads | float (ms) | body: engine | body: simulation | upsampler: engine | upsampler: simulation "
-             "| body speed-up | upsampler speed-up |", "|---|---|---|---|---|---|---|---|"]
-    for t, times in r["end_to_end"].items():
-        cells = [f"{times[k]['median_ms']:.0f} ({times[k]['min_ms']:.0f})" for k in
-                 ("float", "body/engine", "body/simulation", "upsampler/engine", "upsampler/simulation")]
-        lines.append(f"| {t} | " + " | ".join(cells) + f" | {_speedup(times, 'float', 'body/engine'):.2f}x | "
-                     f"{_speedup(times, 'float', 'upsampler/engine'):.2f}x |")
+             "engine; `simulation`: the same file as float convs on +-1 values; `float`: the float EDSR. "
+             "`@channels_last`: network and input in channels_last memory format (oneDNN's float convs and the "
+             "engine are both faster so). Speed-ups from the medians.", "",
+             "| network | " + " | ".join(f"{t} thread(s): ms | vs float | vs float (channels_last)"
+                                         for t in r["end_to_end"]) + " |",
+             "|---|" + "---|---|---|" * len(r["end_to_end"])]
+    for name in NAMES:
+        cells = []
+        for times in r["end_to_end"].values():
+            cells.append(f"{times[name]['median_ms']:.0f} ({times[name]['min_ms']:.0f}) | "
+                         f"{_speedup(times, 'float', name):.2f}x | {_speedup(times, 'float' + CL, name):.2f}x")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     mem = r["memory"]
     lines += ["", "Peak memory of one inference (added to the resident set by the forward pass; weights and "
               "output listed apart):", "", "| network | added by the inference (MB) | weights (MB) | output (MB) "
@@ -204,9 +228,11 @@ def markdown(r: dict[str, Any]) -> str:
                      f"{m['output_bytes'] / 2**20:.1f} | {ratio:.2f}x |")
     for variant, rows in r["per_layer"].items():
         lines += ["", f"Per binarized layer, variant `{variant}`, {max(r['threads'])} thread(s) (ms):", "",
-                  "| layer | engine | simulation | float conv | float / engine |", "|---|---|---|---|---|"]
+                  "| layer | engine | simulation | float conv | float / engine | engine (channels_last) | float conv "
+                  "(channels_last) | float / engine (channels_last) |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {n} | {t['engine']:.2f} | {t['simulation']:.2f} | {t['float']:.2f} | "
-                  f"{t['float'] / t['engine']:.2f}x |" for n, t in rows.items()]
+                  f"{t['float'] / t['engine']:.2f}x | {t['engine' + CL]:.2f} | {t['float' + CL]:.2f} | "
+                  f"{t['float' + CL] / t['engine' + CL]:.2f}x |" for n, t in rows.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -219,7 +245,12 @@ def plot(r: dict[str, Any], out: Path) -> None:
     fig, axes = plt.subplots(1, len(r["per_layer"]), figsize=(14, 5), sharey=True)
     for ax, (variant, rows) in zip(axes, r["per_layer"].items()):
         names = list(rows)
-        ax.bar(range(len(names)), [rows[n]["float"] / rows[n]["engine"] for n in names], color="tab:blue")
+        pos = range(len(names))
+        ax.bar([i - 0.2 for i in pos], [rows[n]["float"] / rows[n]["engine"] for n in names], width=0.4,
+               color="tab:blue", label="NCHW")
+        ax.bar([i + 0.2 for i in pos], [rows[n]["float" + CL] / rows[n]["engine" + CL] for n in names], width=0.4,
+               color="tab:orange", label="channels_last")
+        ax.legend(fontsize=8)
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=90, fontsize=6)

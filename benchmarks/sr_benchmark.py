@@ -309,10 +309,10 @@ def bicubic_metrics(datasets: Path, sets: tuple[str, ...], scale: int) -> dict[s
     return score_sets(bicubic_upscaler(scale), datasets, sets, scale)
 
 
-def step_time(opt: dict[str, Any], preset: Preset, steps: int, teacher_ckpt: Optional[Path] = None) -> float:
-    """Median seconds of one training step (forward, loss, backward, Adam, and for binarized
-    networks the prior's projection; with distillation the teacher's forward pass), on a fixed
-    batch of the preset's size."""
+def training_step(opt: dict[str, Any], preset: Preset) -> Callable[[], None]:
+    """One training step of ``opt``'s network on a fixed batch of the preset's size: forward,
+    loss, backward, Adam, and for binarized networks the prior's projection; with distillation
+    the teacher's forward pass."""
     import torch
     from basicsr.archs import build_network
     from basicsr.losses import build_loss
@@ -333,9 +333,8 @@ def step_time(opt: dict[str, Any], preset: Preset, steps: int, teacher_ckpt: Opt
         d = opt["train"]["distill"]
         distiller = Distiller(build_network(dict(d["network"])), net, d["output_weight"], d["feature_weight"],
                               d["features"])
-    times = []
-    for _ in range(steps + 2):
-        t = time.perf_counter()
+
+    def step() -> None:
         optim.zero_grad()
         out = net(x)
         loss = loss_fn(out, y)
@@ -345,8 +344,8 @@ def step_time(opt: dict[str, Any], preset: Preset, steps: int, teacher_ckpt: Opt
         optim.step()
         if binary:
             project_to_prior_(net)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[2:])
+
+    return step
 
 
 def _one_run(variant: str, seed: int, preset: Preset, datasets: Path, work: Path, runs_dir: Path,
@@ -413,15 +412,24 @@ def run_grid(preset: Preset, datasets: Path, out: Path, variants: list[str], see
 
 
 def timing(preset: Preset, datasets: Path, out: Path, variants: list[str]) -> dict[str, float]:
-    """Step time of every variant, one after the other (run it on an otherwise idle machine)."""
+    """Median seconds of one training step of every variant, timed round-robin (one step of each
+    per round, ``timing_steps`` rounds after two warm-up rounds), so a disturbance hits all
+    variants alike (run it on an otherwise idle machine)."""
     from benchmarks import fakequant  # noqa: F401
 
     work = out / "work"
-    result = {}
-    for variant in variants:
-        opt = train_options(variant, 0, preset, datasets, work / "train_hr", work)
-        result[variant] = step_time(opt, preset, preset.timing_steps)
-        log.info("step time %s: %.3f s", variant, result[variant])
+    steps = {v: training_step(train_options(v, 0, preset, datasets, work / "train_hr", work), preset)
+             for v in variants}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for round_ in range(preset.timing_steps + 2):
+        for variant, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if round_ >= 2:
+                times[variant].append(time.perf_counter() - start)
+    result = {v: statistics.median(t) for v, t in times.items()}
+    for variant, seconds in result.items():
+        log.info("step time %s: %.3f s (%.2fx fp)", variant, seconds, seconds / result.get("fp", seconds))
     return result
 
 

@@ -232,9 +232,20 @@ class BinaryLayerMixin:
             x = x - self.threshold.view(view)
         return binarize_input(x, self.act_grad)
 
+    def _branch_bias(self) -> Optional[Tensor]:
+        """The bias the conv/linear op adds: with RPReLU its input shift is folded in
+        (``y - gamma`` costs no pass of its own)."""
+        if not self.rprelu or self.channel_dim != 1:
+            return self.bias
+        return -self.act_shift_in if self.bias is None else self.bias - self.act_shift_in
+
     def _finish(self, y: Tensor, x: Tensor, in_features: int, out_features: int) -> Tensor:
-        """RPReLU on the binary branch, then the real shortcut of the float input ``x``."""
-        if self.rprelu:
+        """RPReLU on the binary branch (its input shift already in the bias where
+        :meth:`_branch_bias` folded it), then the real shortcut of the float input ``x``."""
+        if self.rprelu and self.channel_dim == 1:
+            view = (1, -1) + (1,) * (y.dim() - 2)
+            y = F.prelu(y, self.act_slope).add_(self.act_shift_out.view(view))  # prelu's backward needs its input
+        elif self.rprelu:
             y = rprelu(y, self.act_shift_in, self.act_slope, self.act_shift_out, self.channel_dim)
         if self.shortcut != "none":  # in place: the branch output is not needed for its backward
             y = y.add_(channel_shortcut(x, self.shortcut, in_features, out_features, dim=self.channel_dim))
@@ -381,9 +392,9 @@ class BinaryConv2d(BinaryLayerMixin, nn.Conv2d):
                     xb = F.pad(xb, pads, mode="constant", value=1.0)  # sign(0) = +1
                 else:
                     xb = F.pad(xb, pads, mode=self.padding_mode)
-            y = F.conv2d(xb, w, self.bias, self.stride, 0, self.dilation, self.groups)
+            y = F.conv2d(xb, w, self._branch_bias(), self.stride, 0, self.dilation, self.groups)
         else:
-            y = self._conv_forward(x, w, self.bias)
+            y = self._conv_forward(x, w, self._branch_bias())
         return self._finish(y, x, self.in_channels, self.out_channels)
 
     def extra_repr(self) -> str:
