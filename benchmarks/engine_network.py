@@ -86,7 +86,8 @@ def network(name: str, files: dict[str, Path]) -> nn.Module:
     else:
         variant, engine = base.split("/")
         net = load_packed(files[variant], engine="packed" if engine == "engine" else "float")
-    return net.to(memory_format=torch.channels_last) if name.endswith(CL) else net
+    # load_packed puts engine networks in channels_last; the plain names are measured in NCHW
+    return net.to(memory_format=torch.channels_last if name.endswith(CL) else torch.contiguous_format)
 
 
 def input_for(name: str, x: torch.Tensor) -> torch.Tensor:
