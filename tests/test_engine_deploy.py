@@ -166,3 +166,23 @@ def test_conv_then_pixel_shuffle_is_fused(edsr_pack):
     x = torch.rand(1, 3, 7, 9)
     with torch.no_grad():
         torch.testing.assert_close(net(x), sim(x), rtol=1e-5, atol=1e-5)
+
+
+def test_bsr_run_on_a_folder(edsr_pack, tmp_path):
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        _image(folder / name, 9, 8)
+    res = subprocess.run([BSR, "run", str(edsr_pack), str(folder), "-o", str(tmp_path / "sr"), "--tile", "4"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    import cv2
+
+    assert [cv2.imread(str(tmp_path / "sr" / n)).shape for n in ("a.png", "b.png")] == [(36, 32, 3)] * 2
+
+
+def test_bsr_engine_says_what_runs():
+    res = subprocess.run([BSR, "engine"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("packed engine")
+    if kernels.available():
+        assert kernels.isa() in res.stdout and "instruction sets on this CPU" in res.stdout

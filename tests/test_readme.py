@@ -29,7 +29,15 @@ COVERED = {
     "mkdir -p datasets": ["test_readme.py::test_dataset_links_resolve"],
     "bsr summary": ["test_readme.py::test_bsr_summary_commands"],
     "bsr export": ["test_cli_deploy.py::test_export_run_check"],
-    "bsr run": ["test_cli_deploy.py::test_export_run_check"],
+    "bsr run     edsr_bin_x4.bsrpack datasets/Set5/LR_bicubic/X4 -o": [
+        "test_engine_deploy.py::test_bsr_run_on_a_folder"],
+    "bsr run": ["test_cli_deploy.py::test_export_run_check",
+                "test_engine_deploy.py::test_bsr_run_uses_the_engine_and_tiles"],
+    "bsr bench": ["test_engine_deploy.py::test_bsr_bench_reports_three_networks"],
+    "bsr engine": ["test_engine_deploy.py::test_bsr_engine_says_what_runs"],
+    "basicsr train -opt options/edsr.yml": ["test_from_float_e2e.py::test_binarize_a_trained_float_edsr"],
+    "basicsr train -opt options/edsr_bin_from_float.yml": [
+        "test_from_float_e2e.py::test_binarize_a_trained_float_edsr"],
     "bsr check": ["test_cli_deploy.py::test_export_run_check"],
 }
 
