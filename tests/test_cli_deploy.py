@@ -69,7 +69,7 @@ def test_export_run_check(files, capsys):
     assert "theoretical packed size" in out and onnx.is_file()
     x = torch.rand(1, 3, 6, 6)
     with torch.no_grad():
-        assert torch.equal(load_packed(pack)(x), files["net"](x))  # weights from path.pretrain_network_g
+        assert torch.equal(load_packed(pack, engine="float")(x), files["net"](x))  # weights from pretrain_network_g
 
     sr = root / "sr.png"
     assert main(["run", str(pack), str(files["img"]), "-o", str(sr), "--check"]) == 0

@@ -647,3 +647,13 @@ def test_loader_reports_a_missing_build(monkeypatch):
     monkeypatch.setitem(sys.modules, "bsr_plugin.deploy.engine._C", None)
     reason = K._load()
     assert reason is not None and reason.startswith("not built") and "pip install --no-build-isolation" in reason
+
+
+def test_native_allocation_failure_is_a_memory_error():
+    """The native allocator failing surfaces as MemoryError (so ``bsr run`` says --tile), any
+    other native failure as ValueError naming it."""
+    oom = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 75497472 bytes.\nmore")
+    assert isinstance(K._native_error(oom), MemoryError) and "75497472" in str(K._native_error(oom))
+    bad = K._native_error(RuntimeError("conv_counts: xp must be contiguous\ntrace"))
+    assert type(bad) is ValueError and str(bad) == "conv_counts: xp must be contiguous"

@@ -479,8 +479,13 @@ def _detached(x: Tensor) -> Tensor:
     return x.detach() if x.requires_grad else x
 
 
-def _native_error(err: RuntimeError) -> ValueError:
-    return ValueError(_first_line(err))
+def _native_error(err: RuntimeError) -> Exception:
+    """A native failure as a Python one: the allocator running out -> MemoryError (callers
+    such as ``bsr run`` turn it into "use --tile"), anything else -> ValueError (bad input)."""
+    text = _first_line(err)
+    if "can't allocate memory" in text or "out of memory" in text.lower():
+        return MemoryError(text)
+    return ValueError(text)
 
 
 def pack_weight(w: Tensor) -> Tensor:
