@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.engine_conv import cpu_model  # noqa: E402
 from benchmarks.sr_report import write_outputs  # noqa: E402
 
 log = logging.getLogger("sr_benchmark")
@@ -437,18 +438,8 @@ def environment() -> dict[str, Any]:
     import torch
 
     return {"torch": torch.__version__, "threads": os.cpu_count(), "python": platform.python_version(),
-            "machine": platform.machine(), "processor": _cpu_name(),
+            "machine": platform.machine(), "processor": cpu_model(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _override(preset: Preset, items: list[str]) -> Preset:

@@ -126,3 +126,24 @@ def rewrite_pack(src: Path, dst: Path, edit: Callable[[dict[str, Any]], None], b
     body = _HEADER.pack(MAGIC, version, len(packed), len(blob)) + packed + blob
     dst.write_bytes(body + hashlib.sha256(body).digest())
     return dst
+
+
+class InterruptedWrite:
+    """A file whose writing is interrupted (``fault`` raised) after the first ``keep`` bytes went
+    through: a full disk (``OSError(ENOSPC)``) or a kill (``KeyboardInterrupt``)."""
+
+    def __init__(self, fh: Any, fault: BaseException, keep: int = 100) -> None:
+        self.fh, self.fault, self.keep = fh, fault, keep
+
+    def write(self, data: Any) -> int:
+        self.fh.write(bytes(data)[:self.keep])
+        raise self.fault
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fh, name)
+
+    def __enter__(self) -> InterruptedWrite:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.fh.close()

@@ -28,6 +28,7 @@ from bsr_plugin.deploy.cli import main
 from .reliability import (
     BSR,
     UNSAFE_ENV,
+    InterruptedWrite,
     assert_refused,
     code_running_checkpoint,
     limit,
@@ -207,24 +208,7 @@ def test_memory_bound(work: Path) -> None:
 
 
 # -- disks and memory ------------------------------------------------------------------------------
-class _FullDisk:
-    """A file whose writes fail as on a full disk, after part of the data went through."""
-
-    def __init__(self, fh):
-        self.fh = fh
-
-    def write(self, data):
-        self.fh.write(bytes(data)[:10])
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def __getattr__(self, name):
-        return getattr(self.fh, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.fh.close()
+FULL_DISK = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 @pytest.mark.parametrize("args, target", [
@@ -236,7 +220,8 @@ def test_full_disk(args, target, work: Path, capsys: pytest.CaptureFixture, monk
     from bsr_plugin import fileio
 
     (work / target).write_bytes(b"an earlier file")
-    monkeypatch.setattr(fileio, "open", lambda path, mode: _FullDisk(open(path, mode)), raising=False)
+    full = lambda path, mode: InterruptedWrite(open(path, mode), FULL_DISK, keep=10)  # noqa: E731
+    monkeypatch.setattr(fileio, "open", full, raising=False)
     _refused(work, capsys, list(args), rf"{target}: the disk is full: free some space")
 
 

@@ -19,7 +19,7 @@ from bsr_plugin import CheckpointError
 from bsr_plugin.basicsr_ext import compat
 
 from .basicsr_runs import load_yaml, read_logs, run_basicsr, small_train_options, write
-from .reliability import UNSAFE_ENV, assert_refused, code_running_checkpoint, snapshot
+from .reliability import UNSAFE_ENV, InterruptedWrite, assert_refused, code_running_checkpoint, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -154,26 +154,6 @@ def model(tmp_path: Path):
     return build_model(opt)
 
 
-class _Interrupted:
-    """A file whose writing is interrupted (``fault`` raised) after part of the data."""
-
-    def __init__(self, fh, fault):
-        self.fh, self.fault = fh, fault
-
-    def write(self, data):
-        self.fh.write(bytes(data)[:100])
-        raise self.fault
-
-    def __getattr__(self, name):
-        return getattr(self.fh, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.fh.close()
-
-
 @pytest.mark.parametrize("fault", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), KeyboardInterrupt()],
                          ids=["full_disk", "kill"])
 def test_checkpoints_are_written_atomically(fault, model, tmp_path, monkeypatch, caplog) -> None:
@@ -185,7 +165,7 @@ def test_checkpoints_are_written_atomically(fault, model, tmp_path, monkeypatch,
     assert set(torch.load(tmp_path / "net_g_2.pth", weights_only=True)["params"]) == set(model.net_g.state_dict())
     with torch.no_grad():
         next(model.net_g.parameters()).add_(1.0)  # a later state, so a partial write would differ
-    monkeypatch.setattr(fileio, "open", lambda path, mode: _Interrupted(open(path, mode), fault), raising=False)
+    monkeypatch.setattr(fileio, "open", lambda path, mode: InterruptedWrite(open(path, mode), fault), raising=False)
     monkeypatch.setattr("time.sleep", lambda s: None)
     if isinstance(fault, KeyboardInterrupt):
         with pytest.raises(KeyboardInterrupt):
