@@ -96,6 +96,18 @@ def claims(results: dict) -> list[str]:
     return lines
 
 
+def _iterations(results: dict, by: dict[str, list[dict]], variant: str) -> str:
+    """A row's training iterations; a row that needs the FP run (its teacher or its start) also
+    counts the FP run's iterations, which are part of its budget."""
+    runs = by[variant]
+    iters = runs[0].get("iters") or results["config"]["iters"]
+    v = results["variants"].get(variant, {})
+    if not (v.get("distill") or v.get("init")):
+        return f"{iters:,}"
+    fp_iters = by["fp"][0].get("iters") if "fp" in by else None
+    return f"{iters:,} + {(fp_iters or results['config']['iters']):,} (FP)"
+
+
 def _table(results: dict, by: dict[str, list[dict]], sets: list[str]) -> list[str]:
     timing = results.get("step_time_s", {})
     fp = by.get("fp")
@@ -113,9 +125,9 @@ def _table(results: dict, by: dict[str, list[dict]], sets: list[str]) -> list[st
         gap = f"{mean(runs, sets[0]) - mean(fp, sets[0]):+.2f}" if fp else "-"
         ratio = f"{timing[v] / timing['fp']:.2f}x" if v in timing and "fp" in timing else "-"
         wall = statistics.mean(r["wall_s"] for r in runs)
-        iters = runs[0].get("iters") or results["config"]["iters"]
         label = results["variants"].get(v, {}).get("label", v)
-        lines.append(f"| {v}: {label} | " + " | ".join(cells) + f" | {gap} | {len(runs)} | {iters:,} | {wall:.0f} "
+        iters = _iterations(results, by, v)
+        lines.append(f"| {v}: {label} | " + " | ".join(cells) + f" | {gap} | {len(runs)} | {iters} | {wall:.0f} "
                      f"| {ratio} |")
     return lines
 
@@ -146,6 +158,26 @@ def _paired_section(by: dict[str, list[dict]], sets: list[str]) -> list[str]:
             "|---|---|---|---|---|" + "---|" * (len(sets) - 1) + "---|", *rows]
 
 
+def _gap_curve(by: dict[str, list[dict]], sets: list[str]) -> list[str]:
+    """The shipped default's gap to full precision at every validation (mean over the seeds
+    both ran): whether the gap shrinks or grows with the budget."""
+    if "fp" not in by or "default" not in by:
+        return []
+    seeds = sorted({r["seed"] for r in by["fp"]} & {r["seed"] for r in by["default"]})
+    fp_its, fp, _, _ = _curves([r for r in by["fp"] if r["seed"] in seeds], "val_curve")
+    d_its, dflt, _, _ = _curves([r for r in by["default"] if r["seed"] in seeds], "val_curve")
+    common = sorted(set(fp_its) & set(d_its))
+    if not common:
+        return []
+    f, d = dict(zip(fp_its, fp)), dict(zip(d_its, dflt))
+    return ["", f"## Gap of the default to full precision during training ({sets[0]} validation, seeds "
+            f"{', '.join(map(str, seeds))})", "", "| iteration | " + " | ".join(f"{it:,}" for it in common) + " |",
+            "|---|" + "---|" * len(common),
+            "| fp | " + " | ".join(f"{f[it]:.2f}" for it in common) + " |",
+            "| default | " + " | ".join(f"{d[it]:.2f}" for it in common) + " |",
+            "| gap | " + " | ".join(f"{d[it] - f[it]:+.2f}" for it in common) + " |"]
+
+
 def markdown(results: dict) -> str:
     by = by_variant(results)
     sets = results["config"]["eval_sets"]
@@ -166,6 +198,7 @@ def markdown(results: dict) -> str:
     if "distill" in results:
         lines += ["", f"Distillation: {json.dumps(results['distill'])} (teacher: the `fp` run of the same seed)."]
     lines += _paired_section(by, sets)
+    lines += _gap_curve(by, sets)
     if "ours" in by:
         lines += ["", "## Claims (round 1)", ""]
         lines += [f"- {c}" if not c.startswith("   ") else f"  - {c.strip()}" for c in claims(results)]
