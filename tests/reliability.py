@@ -4,6 +4,7 @@ whose loading would run code, and the real commands run in a subprocess."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -126,6 +127,9 @@ def rewrite_pack(src: Path, dst: Path, edit: Callable[[dict[str, Any]], None], b
     body = _HEADER.pack(MAGIC, version, len(packed), len(blob)) + packed + blob
     dst.write_bytes(body + hashlib.sha256(body).digest())
     return dst
+
+
+FULL_DISK = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 class InterruptedWrite:

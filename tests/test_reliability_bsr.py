@@ -8,7 +8,6 @@ the process is the point (its memory, its resource limits, its user)."""
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import resource
 import shutil
@@ -27,6 +26,7 @@ from bsr_plugin.deploy.cli import main
 
 from .reliability import (
     BSR,
+    FULL_DISK,
     UNSAFE_ENV,
     InterruptedWrite,
     assert_refused,
@@ -208,7 +208,6 @@ def test_memory_bound(work: Path) -> None:
 
 
 # -- disks and memory ------------------------------------------------------------------------------
-FULL_DISK = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 @pytest.mark.parametrize("args, target", [

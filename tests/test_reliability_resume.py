@@ -5,9 +5,7 @@ load is one line and exit status 2, before anything is written."""
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -19,7 +17,7 @@ from bsr_plugin import CheckpointError
 from bsr_plugin.basicsr_ext import compat
 
 from .basicsr_runs import load_yaml, read_logs, run_basicsr, small_train_options, write
-from .reliability import UNSAFE_ENV, InterruptedWrite, assert_refused, code_running_checkpoint, snapshot
+from .reliability import FULL_DISK, UNSAFE_ENV, InterruptedWrite, assert_refused, code_running_checkpoint, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +152,7 @@ def model(tmp_path: Path):
     return build_model(opt)
 
 
-@pytest.mark.parametrize("fault", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), KeyboardInterrupt()],
+@pytest.mark.parametrize("fault", [FULL_DISK, KeyboardInterrupt()],
                          ids=["full_disk", "kill"])
 def test_checkpoints_are_written_atomically(fault, model, tmp_path, monkeypatch, caplog) -> None:
     from bsr_plugin import fileio
