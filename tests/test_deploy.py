@@ -407,5 +407,7 @@ def test_format_version_1_files_still_load():
         with torch.no_grad():
             simulated = load_packed(data / f"{name}.bsrpack", model=model, engine="float")(x)
             engine = load_packed(data / f"{name}.bsrpack", model=model, engine="packed")(x)
-        assert torch.equal(simulated, expected[name]), name
-        torch.testing.assert_close(engine, expected[name], rtol=1e-5, atol=1e-5)
+        # Same weights, same binary sums; the float head/tail round differently on other CPUs
+        # (oneDNN picks its kernels by ISA), so the outputs agree to float rounding, not bitwise.
+        torch.testing.assert_close(simulated, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(engine, expected[name], rtol=1e-5, atol=1e-5, msg=name)
