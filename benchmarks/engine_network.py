@@ -72,17 +72,22 @@ def make_packed_files(folder: Path) -> dict[str, Path]:
 
 
 CL = "@channels_last"
+BANDED = "float/banded"
 
 
 def network(name: str, files: dict[str, Path]) -> nn.Module:
-    """``float``, ``<variant>/engine`` or ``<variant>/simulation``; a ``@channels_last`` suffix
+    """``float``, ``float/banded`` (its last upsampling step run in bands of rows, as the engine
+    runs it), ``<variant>/engine`` or ``<variant>/simulation``; a ``@channels_last`` suffix
     puts the network (and, in :func:`input_for`, its input) in channels_last memory format."""
     from bsr_plugin import load_packed
     from bsr_plugin.basicsr_ext.archs import build_float_arch
+    from bsr_plugin.deploy.engine.bands import band_upsamplers
 
     base = name.removesuffix(CL)
-    if base == "float":
+    if base in ("float", BANDED):
         net = build_float_arch({"type": "EDSR", **EDSR_BASELINE}).eval()
+        if base == BANDED:  # the engine's banded upsampling, on the float network: the saving apart from binarizing
+            band_upsamplers(net)
     else:
         variant, engine = base.split("/")
         net = load_packed(files[variant], engine="packed" if engine == "engine" else "float")
@@ -94,8 +99,8 @@ def input_for(name: str, x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if name.endswith(CL) else x
 
 
-NAMES = ("float", "float" + CL, "body/engine", "body/engine" + CL, "body/simulation", "upsampler/engine",
-         "upsampler/engine" + CL, "upsampler/simulation")
+NAMES = ("float", "float" + CL, BANDED, BANDED + CL, "body/engine", "body/engine" + CL, "body/simulation",
+         "upsampler/engine", "upsampler/engine" + CL, "upsampler/simulation")
 
 
 def networks(files: dict[str, Path]) -> dict[str, nn.Module]:
@@ -157,17 +162,34 @@ print(json.dumps({"added_bytes": peak - before, "peak_rss_bytes": peak, "weights
 """
 
 
+# glibc raises its mmap threshold after a large block is freed, so later large blocks come from
+# the heap and stay resident after they are freed: the peak resident set then depends on the
+# order of allocations, not only on what is alive at once. Measured both ways.
+MMAP_THRESHOLD = 128 * 1024
+
+
+def _peak_in_fresh_process(name: str, paths: str, threads: int, size_hw: tuple[int, int],
+                           env: dict[str, str]) -> dict[str, int]:
+    proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, name, paths, str(threads), str(REPO),
+                           str(size_hw[0]), str(size_hw[1])], capture_output=True, text=True, timeout=900, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"peak memory of {name} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def peak_memory(files: dict[str, Path], threads: int, size_hw: tuple[int, int]) -> dict[str, dict[str, int]]:
-    """Memory each network's inference adds, measured in a fresh process per network."""
+    """Memory each network's inference adds, measured in a fresh process per network, with
+    glibc's default allocation policy and with a fixed mmap threshold (:data:`MMAP_THRESHOLD`:
+    every block above it goes back to the system when freed, so the peak is what is alive)."""
     result = {}
     paths = json.dumps({k: str(v) for k, v in files.items()})
+    fixed = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
     for name in NAMES:
-        proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, name, paths, str(threads), str(REPO),
-                               str(size_hw[0]), str(size_hw[1])], capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0:
-            raise RuntimeError(f"peak memory of {name} failed:\n{proc.stderr[-2000:]}")
-        result[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-        logger.info("peak memory %s: %.0f MB added", name, result[name]["added_bytes"] / 2**20)
+        result[name] = _peak_in_fresh_process(name, paths, threads, size_hw, dict(os.environ))
+        result[name]["added_bytes_fixed_mmap"] = _peak_in_fresh_process(name, paths, threads, size_hw,
+                                                                        fixed)["added_bytes"]
+        logger.info("peak memory %s: %.0f MB added (%.0f MB with a fixed mmap threshold)", name,
+                    result[name]["added_bytes"] / 2**20, result[name]["added_bytes_fixed_mmap"] / 2**20)
     return result
 
 
@@ -219,14 +241,7 @@ def markdown(r: dict[str, Any]) -> str:
             cells.append(f"{times[name]['median_ms']:.0f} ({times[name]['min_ms']:.0f}) | "
                          f"{_speedup(times, 'float', name):.2f}x | {_speedup(times, 'float' + CL, name):.2f}x")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    mem = r["memory"]
-    lines += ["", "Peak memory of one inference (added to the resident set by the forward pass; weights and "
-              "output listed apart):", "", "| network | added by the inference (MB) | weights (MB) | output (MB) "
-              "| float / this |", "|---|---|---|---|---|"]
-    for name, m in mem.items():
-        ratio = mem["float"]["added_bytes"] / max(m["added_bytes"], 1)
-        lines.append(f"| {name} | {m['added_bytes'] / 2**20:.0f} | {m['weights_bytes'] / 2**20:.2f} | "
-                     f"{m['output_bytes'] / 2**20:.1f} | {ratio:.2f}x |")
+    lines += _memory_table(r["memory"])
     for variant, rows in r["per_layer"].items():
         lines += ["", f"Per binarized layer, variant `{variant}`, {max(r['threads'])} thread(s) (ms):", "",
                   "| layer | engine | simulation | float conv | float / engine | engine (channels_last) | float conv "
@@ -235,6 +250,33 @@ def markdown(r: dict[str, Any]) -> str:
                   f"{t['float'] / t['engine']:.2f}x | {t['engine' + CL]:.2f} | {t['float' + CL]:.2f} | "
                   f"{t['float' + CL] / t['engine' + CL]:.2f}x |" for n, t in rows.items()]
     return "\n".join(lines) + "\n"
+
+
+def _memory_table(mem: dict[str, dict[str, int]]) -> list[str]:
+    """Peak memory rows: added by the inference with glibc's default policy and with a fixed mmap
+    threshold (older results have only the first), the ratios to the float network."""
+    fixed = all("added_bytes_fixed_mmap" in m for m in mem.values())
+    lines = ["", "Peak memory of one inference (added to the resident set by the forward pass; weights and output "
+             "listed apart). `default`: glibc's allocator as it is; `fixed mmap`: MALLOC_MMAP_THRESHOLD_="
+             f"{MMAP_THRESHOLD} (freed large blocks go back to the system at once, so the peak is what is alive "
+             "at once; with the default, glibc keeps some freed blocks resident). `float/banded`: the float "
+             "network with the engine's banded last upsampling step (bsr_plugin.deploy.engine.bands), to show "
+             "the saving apart from binarizing.", ""]
+    if fixed:
+        lines += ["| network | default (MB) | float / this | fixed mmap (MB) | float / this | float/banded / this "
+                  "| weights (MB) | output (MB) |", "|---|---|---|---|---|---|---|---|"]
+    else:
+        lines += ["| network | added by the inference (MB) | float / this | weights (MB) | output (MB) |",
+                  "|---|---|---|---|---|"]
+    for name, m in mem.items():
+        cells = [f"{m['added_bytes'] / 2**20:.0f}", f"{mem['float']['added_bytes'] / max(m['added_bytes'], 1):.2f}x"]
+        if fixed:
+            ours = max(m["added_bytes_fixed_mmap"], 1)
+            cells += [f"{ours / 2**20:.0f}", f"{mem['float']['added_bytes_fixed_mmap'] / ours:.2f}x",
+                      f"{mem[BANDED]['added_bytes_fixed_mmap'] / ours:.2f}x"]
+        cells += [f"{m['weights_bytes'] / 2**20:.2f}", f"{m['output_bytes'] / 2**20:.1f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(r: dict[str, Any], out: Path) -> None:

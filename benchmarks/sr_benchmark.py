@@ -132,7 +132,7 @@ PRESETS = {
                     seeds=(0,), timing_steps=3, train_sets=("T91",)),
     "cpu": Preset(scale=4, num_feat=32, num_block=8, batch=8, lr_patch=24, iters=2000, lr=5e-4, val_freq=250,
                   print_freq=50, prior_a=0.01, eval_sets=("Set5", "Set14", "B100"), variants=GRID,
-                  one_seed=("q5",)),
+                  one_seed=("q5",), timing_steps=60),
     "gpu": Preset(scale=4, num_feat=64, num_block=16, batch=16, lr_patch=48, iters=600, lr=2e-4, val_freq=200,
                   print_freq=50, prior_a=0.01, eval_sets=("Set5", "Set14", "B100"), variants=GRID,
                   one_seed=("q5",), timing_steps=20, workers=6),

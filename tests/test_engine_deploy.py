@@ -20,6 +20,7 @@ from torch import nn
 import bsr_plugin
 from bsr_plugin import binary_layers, export_packed, load_packed
 from bsr_plugin.deploy.engine import kernels
+from bsr_plugin.deploy.engine.bands import BandedUpsample
 from bsr_plugin.deploy.engine.modules import PackedBinaryConv2d, is_packed, to_engine
 
 from .nets import needs_basicsr
@@ -157,11 +158,14 @@ def test_without_the_extension_the_float_simulation_runs_and_says_so(edsr_pack, 
 
 def test_conv_then_pixel_shuffle_is_fused(edsr_pack):
     """The binarized upsampler convs write pixel-shuffled output: the PixelShuffle modules become
-    Identity and the unshuffled tensor is never made; the output does not change."""
+    Identity and the unshuffled tensor is never made; the last one runs banded with the last conv
+    (tests/test_bands.py); the output does not change."""
     net = load_packed(edsr_pack, engine="packed")
     sim = load_packed(edsr_pack, engine="float")
-    assert net.upsample[0].pixel_shuffle == net.upsample[2].pixel_shuffle == 2
+    assert net.upsample[0].pixel_shuffle == net.upsample[2].first.pixel_shuffle == 2
     assert isinstance(net.upsample[1], nn.Identity) and isinstance(net.upsample[3], nn.Identity)
+    assert isinstance(net.upsample[2], BandedUpsample) and net.upsample[2].shuffled
+    assert isinstance(net.conv_last, nn.Identity) and isinstance(net.upsample[2].last, nn.Conv2d)
     assert isinstance(sim.upsample[1], nn.PixelShuffle)
     x = torch.rand(1, 3, 7, 9)
     with torch.no_grad():

@@ -1,9 +1,11 @@
 """The packed XNOR-popcount engine: CPU inference kernels of binarized convs and linears
 (:mod:`.kernels`: the semantics, the packed layout, the fallback to the float simulation when
 the C++ extension is not built), the inference modules that run them and the swap that puts
-them into a network (:mod:`.modules`), and ``bsr bench`` (:mod:`.bench`).
+them into a network (:mod:`.modules`), banded execution of the last upsampling step (:mod:`.bands`),
+and ``bsr bench`` (:mod:`.bench`).
 """
 
+from .bands import BandedUpsample, band_upsamplers
 from .kernels import (
     ISAS,
     SHORTCUTS,
@@ -30,6 +32,8 @@ from .kernels import (
 from .modules import PackedBinaryConv2d, PackedBinaryLinear, is_packed, to_engine
 
 __all__ = [
+    "BandedUpsample",
+    "band_upsamplers",
     "ISAS",
     "PackedBinaryConv2d",
     "PackedBinaryLinear",

@@ -22,6 +22,7 @@ from torch import nn
 
 from ...core.registry import is_binary
 from ..builders import Builder
+from .bands import BandedUpsample
 
 NETWORKS = ("engine", "simulation", "float")
 
@@ -99,23 +100,28 @@ def _end_to_end(net: nn.Module, x: torch.Tensor, repeats: int) -> float:
 
 @torch.no_grad()
 def per_layer_times(net: nn.Module, x: torch.Tensor, names: list[str], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {n: [] for n in names}
+    """Median seconds per forward pass of each named layer of ``net`` over ``repeats`` passes
+    (after one warm-up). A layer that runs several times per pass (a banded upsampler conv, one
+    call per band, :mod:`.bands`) is timed as the sum of its calls, halo rows included."""
+    modules = dict(net.named_modules())
+    targets = {n: modules[n].first if isinstance(modules[n], BandedUpsample) else modules[n] for n in names}
+    elapsed: dict[str, float] = dict.fromkeys(names, 0.0)
     starts: dict[str, float] = {}
     handles = []
-    modules = dict(net.named_modules())
-    for name in names:
+    for name, module in targets.items():
         def pre(mod, args, name=name):
             starts[name] = time.perf_counter()
 
         def post(mod, args, out, name=name):
-            times[name].append(time.perf_counter() - starts[name])
-        handles += [modules[name].register_forward_pre_hook(pre), modules[name].register_forward_hook(post)]
+            elapsed[name] += time.perf_counter() - starts[name]
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    times: dict[str, list[float]] = {n: [] for n in names}
     try:
-        net(x)
-        for t in times.values():
-            t.clear()
-        for _ in range(repeats):
+        for i in range(repeats + 1):
+            elapsed.update(dict.fromkeys(names, 0.0))
             net(x)
+            for n in names if i else ():
+                times[n].append(elapsed[n])
     finally:
         for h in handles:
             h.remove()

@@ -13,7 +13,8 @@ keeps its float simulation, with a warning that names it. Where one probe forwar
 structure probe of ``convert``) shows a binarized conv whose only user is an ``nn.PixelShuffle``
 (an SR upsampler), the shuffle is fused into the conv's output pass and the ``PixelShuffle``
 module becomes an ``nn.Identity``: the unshuffled tensor, the largest of the network, is never
-made.
+made. A ``conv -> PixelShuffle -> conv`` chain at the end of the network then runs in bands of
+output rows (:mod:`.bands`), so the shuffled tensor is never made whole either.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ...conversion.dataflow import DataflowGraph, default_probe, record_dataflow
 from ...core.layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear, channel_shortcut
 from ...core.registry import is_binary
 from . import kernels
+from .bands import band_chains, module_uses, upsample_chains
 
 logger = logging.getLogger(__name__)
 
@@ -154,12 +156,7 @@ def _packed_for(name: str, layer: nn.Module) -> Optional[nn.Module]:
 def _shuffle_fusions(model: nn.Module, graph: DataflowGraph) -> dict[str, str]:
     """``{conv: pixel shuffle module}`` for binarized convs whose output goes to one
     ``nn.PixelShuffle`` and nowhere else (each module used once)."""
-    modules = dict(model.named_modules())
-    uses: dict[str, int] = {}
-    for node in graph.nodes:
-        uses[node.scope] = uses.get(node.scope, 0) + (node.kind == "op")
-        if node.kind == "module":
-            uses[node.target] = uses.get(node.target, 0) + 1
+    modules, uses = dict(model.named_modules()), module_uses(graph)
     found = {}
     for node in graph.nodes:
         if node.kind != "module" or not isinstance(modules.get(node.target), BinaryConv2d) or len(node.users) != 1:
@@ -172,11 +169,6 @@ def _shuffle_fusions(model: nn.Module, graph: DataflowGraph) -> dict[str, str]:
     return found
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 @torch.no_grad()
 def to_engine(model: nn.Module, example_input: Optional[Tensor] = None) -> list[str]:
     """Swap every binarized layer of ``model`` (in place, eval mode) for its packed module,
@@ -186,6 +178,7 @@ def to_engine(model: nn.Module, example_input: Optional[Tensor] = None) -> list[
     model.eval()
     graph = record_dataflow(model, default_probe(model) if example_input is None else example_input, train=False)
     fusions = _shuffle_fusions(model, graph)
+    chains = upsample_chains(model, graph)
     kept: list[str] = []
     swaps: dict[int, Optional[nn.Module]] = {}
     for name, layer in list(model.named_modules(remove_duplicate=False)):
@@ -197,7 +190,8 @@ def to_engine(model: nn.Module, example_input: Optional[Tensor] = None) -> list[
                 kept.append(name)
             elif name in fusions and isinstance(packed, PackedBinaryConv2d):
                 packed.pixel_shuffle = model.get_submodule(fusions[name]).upscale_factor
-                _replace(model, fusions[name], nn.Identity())
+                model.set_submodule(fusions[name], nn.Identity())
         if swaps[id(layer)] is not None:
-            _replace(model, name, swaps[id(layer)])
+            model.set_submodule(name, swaps[id(layer)])
+    band_chains(model, chains)
     return kept
