@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...conversion.dataflow import DataflowGraph, default_probe, record_dataflow
+from ...conversion.dataflow import DataflowGraph, Node, default_probe, record_dataflow
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,19 @@ def module_uses(graph: DataflowGraph) -> dict[str, int]:
     return uses
 
 
+def shuffle_after(graph: DataflowGraph, node: Node, modules: dict[str, nn.Module],
+                  uses: dict[str, int]) -> Optional[Node]:
+    """The pixel-shuffle op node that is the only user of module ``node``'s output, when both
+    the module and its ``nn.PixelShuffle`` are called once (``None`` otherwise)."""
+    if node.kind != "module" or len(node.users) != 1 or uses.get(node.target) != 1:
+        return None
+    user = graph.nodes[node.users[0]]
+    if (user.kind == "op" and user.target == "pixel_shuffle" and isinstance(modules.get(user.scope), nn.PixelShuffle)
+            and uses.get(user.scope) == 1):
+        return user
+    return None
+
+
 def upsample_chains(model: nn.Module, graph: DataflowGraph) -> list[tuple[str, str, str]]:
     """``(first, shuffle, last)`` module names of the ``conv -> nn.PixelShuffle -> conv`` chains
     whose tensors go nowhere else, each module called once, both convs bandable. Chains share no
@@ -130,16 +143,12 @@ def upsample_chains(model: nn.Module, graph: DataflowGraph) -> list[tuple[str, s
     chains: list[tuple[str, str, str]] = []
     taken: set[str] = set()
     for node in reversed(graph.nodes):
-        if node.kind != "module" or len(node.users) != 1 or same_halo(modules.get(node.target)) is None:
-            continue
-        shuffle = graph.nodes[node.users[0]]
-        if not (shuffle.kind == "op" and shuffle.target == "pixel_shuffle"
-                and isinstance(modules.get(shuffle.scope), nn.PixelShuffle) and len(shuffle.users) == 1):
+        shuffle = shuffle_after(graph, node, modules, uses)
+        if shuffle is None or len(shuffle.users) != 1 or same_halo(modules.get(node.target)) is None:
             continue
         last = graph.nodes[shuffle.users[0]]
         if (last.kind == "module" and same_halo(modules.get(last.target)) is not None
-                and {uses.get(n) for n in (node.target, shuffle.scope, last.target)} == {1}
-                and not taken & {node.target, last.target}):
+                and uses.get(last.target) == 1 and not taken & {node.target, last.target}):
             chains.append((node.target, shuffle.scope, last.target))
             taken |= {node.target, last.target}
     return chains[::-1]

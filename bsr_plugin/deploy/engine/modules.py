@@ -30,7 +30,7 @@ from ...conversion.dataflow import DataflowGraph, default_probe, record_dataflow
 from ...core.layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear, channel_shortcut
 from ...core.registry import is_binary
 from . import kernels
-from .bands import band_chains, module_uses, upsample_chains
+from .bands import band_chains, module_uses, shuffle_after, upsample_chains
 
 logger = logging.getLogger(__name__)
 
@@ -159,13 +159,9 @@ def _shuffle_fusions(model: nn.Module, graph: DataflowGraph) -> dict[str, str]:
     modules, uses = dict(model.named_modules()), module_uses(graph)
     found = {}
     for node in graph.nodes:
-        if node.kind != "module" or not isinstance(modules.get(node.target), BinaryConv2d) or len(node.users) != 1:
-            continue
-        user = graph.nodes[node.users[0]]
-        shuffle = modules.get(user.scope)
-        if (user.kind == "op" and user.target == "pixel_shuffle" and isinstance(shuffle, nn.PixelShuffle)
-                and uses.get(user.scope) == 1 and uses.get(node.target) == 1):
-            found[node.target] = user.scope
+        shuffle = shuffle_after(graph, node, modules, uses)
+        if shuffle is not None and isinstance(modules.get(node.target), BinaryConv2d):
+            found[node.target] = shuffle.scope
     return found
 
 
