@@ -169,7 +169,7 @@ MMAP_THRESHOLD = 128 * 1024
 
 
 def _peak_in_fresh_process(name: str, paths: str, threads: int, size_hw: tuple[int, int],
-                           env: dict[str, str]) -> dict[str, int]:
+                           env: Optional[dict[str, str]] = None) -> dict[str, int]:
     proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, name, paths, str(threads), str(REPO),
                            str(size_hw[0]), str(size_hw[1])], capture_output=True, text=True, timeout=900, env=env)
     if proc.returncode != 0:
@@ -185,7 +185,7 @@ def peak_memory(files: dict[str, Path], threads: int, size_hw: tuple[int, int]) 
     paths = json.dumps({k: str(v) for k, v in files.items()})
     fixed = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
     for name in NAMES:
-        result[name] = _peak_in_fresh_process(name, paths, threads, size_hw, dict(os.environ))
+        result[name] = _peak_in_fresh_process(name, paths, threads, size_hw)
         result[name]["added_bytes_fixed_mmap"] = _peak_in_fresh_process(name, paths, threads, size_hw,
                                                                         fixed)["added_bytes"]
         logger.info("peak memory %s: %.0f MB added (%.0f MB with a fixed mmap threshold)", name,
@@ -254,27 +254,21 @@ def markdown(r: dict[str, Any]) -> str:
 
 def _memory_table(mem: dict[str, dict[str, int]]) -> list[str]:
     """Peak memory rows: added by the inference with glibc's default policy and with a fixed mmap
-    threshold (older results have only the first), the ratios to the float network."""
-    fixed = all("added_bytes_fixed_mmap" in m for m in mem.values())
+    threshold, the ratios to the float network (and to the banded float network)."""
     lines = ["", "Peak memory of one inference (added to the resident set by the forward pass; weights and output "
              "listed apart). `default`: glibc's allocator as it is; `fixed mmap`: MALLOC_MMAP_THRESHOLD_="
              f"{MMAP_THRESHOLD} (freed large blocks go back to the system at once, so the peak is what is alive "
              "at once; with the default, glibc keeps some freed blocks resident). `float/banded`: the float "
              "network with the engine's banded last upsampling step (bsr_plugin.deploy.engine.bands), to show "
              "the saving apart from binarizing.", ""]
-    if fixed:
-        lines += ["| network | default (MB) | float / this | fixed mmap (MB) | float / this | float/banded / this "
-                  "| weights (MB) | output (MB) |", "|---|---|---|---|---|---|---|---|"]
-    else:
-        lines += ["| network | added by the inference (MB) | float / this | weights (MB) | output (MB) |",
-                  "|---|---|---|---|---|"]
+    lines += ["| network | default (MB) | float / this | fixed mmap (MB) | float / this | float/banded / this "
+              "| weights (MB) | output (MB) |", "|---|---|---|---|---|---|---|---|"]
     for name, m in mem.items():
-        cells = [f"{m['added_bytes'] / 2**20:.0f}", f"{mem['float']['added_bytes'] / max(m['added_bytes'], 1):.2f}x"]
-        if fixed:
-            ours = max(m["added_bytes_fixed_mmap"], 1)
-            cells += [f"{ours / 2**20:.0f}", f"{mem['float']['added_bytes_fixed_mmap'] / ours:.2f}x",
-                      f"{mem[BANDED]['added_bytes_fixed_mmap'] / ours:.2f}x"]
-        cells += [f"{m['weights_bytes'] / 2**20:.2f}", f"{m['output_bytes'] / 2**20:.1f}"]
+        default, fixed = max(m["added_bytes"], 1), max(m["added_bytes_fixed_mmap"], 1)
+        cells = [f"{default / 2**20:.0f}", f"{mem['float']['added_bytes'] / default:.2f}x", f"{fixed / 2**20:.0f}",
+                 f"{mem['float']['added_bytes_fixed_mmap'] / fixed:.2f}x",
+                 f"{mem[BANDED]['added_bytes_fixed_mmap'] / fixed:.2f}x",
+                 f"{m['weights_bytes'] / 2**20:.2f}", f"{m['output_bytes'] / 2**20:.1f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 

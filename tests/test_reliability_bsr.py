@@ -209,7 +209,6 @@ def test_memory_bound(work: Path) -> None:
 
 # -- disks and memory ------------------------------------------------------------------------------
 
-
 @pytest.mark.parametrize("args, target", [
     (RUN + ["lr.png", "-o", "out.png"], "out.png"),
     (EXPORT + ["--checkpoint", "ck.pth", "-o", "m.bsrpack"], "m.bsrpack"),
