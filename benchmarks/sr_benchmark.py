@@ -7,6 +7,8 @@ three seeds per row that decides a default.
     python benchmarks/sr_benchmark.py --preset cpu --jobs 2          # the committed grid (~3 h on 2 cores)
     python benchmarks/sr_benchmark.py --preset cpu --timing          # step times only (idle machine)
     python benchmarks/sr_benchmark.py --preset cpu --variants fp,default --set iters=8000 --seeds 0 --out ...
+    python benchmarks/sr_benchmark.py --preset cpu --budgets 2000,4000,8000 --variants fp,default,bbcu_a --jobs 2 \
+        --out benchmarks/results/cpu_r3                              # learning curves (round 3)
     python benchmarks/sr_benchmark.py --preset smoke                  # seconds: CI keeps the script alive
     python benchmarks/sr_benchmark.py --redraw benchmarks/results/cpu_r2/results.json
 
@@ -97,6 +99,43 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ours_a0.001": {"kind": "binary", "binarize": {**ROUND1, "prior_a": 0.001}, "loss": "curriculum",
                     "label": "ours, a = 0.001"},
 }
+# round 3: candidates whose binary branches carry their own real identity, aligned (each branch
+# calibrated to ALIGN times its input), and the ingredients tried on them (learning curves).
+ALIGN = 0.1
+ANNEAL = {"start": 0.667, "factor": 10.0}
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "bbcu_a": {"kind": "binary", "binarize": {**DEFAULT, "align": ALIGN}, "block": "bbcu", "loss": "curriculum",
+               "label": "BBCU block (identity per binary conv, no block skip), aligned"},
+    "bbcu_full": {"kind": "binary", "binarize": {**DEFAULT, "align": ALIGN, "rsign": True, "rprelu": True},
+                  "block": "bbcu", "loss": "curriculum",
+                  "label": "faithful BBCU unit (RSign, sign, binary conv, RPReLU, + identity), aligned"},
+    "res_a": {"kind": "binary", "binarize": {**DEFAULT, "align": ALIGN, "nested_skips": "cut_first"},
+              "loss": "curriculum", "label": "EDSR block with an identity around its second binary conv, aligned"},
+}
+INGREDIENTS: dict[str, tuple[dict[str, Any], str]] = {
+    "l1": ({"loss": "l1"}, "curriculum off (plain L1)"),
+    "anneal": ({"anneal": ANNEAL}, "prior widened x10 over the last third"),
+    "sgrad": ({"act_grad": "approxsign_scaled"}, "scale-aware activation gradient"),
+    "distill": ({"distill": True}, "distillation from the FP run (same budget, seed)"),
+    "ckpt": ({"init": "fp"}, "started from the FP checkpoint (same budget, seed)"),
+}
+
+
+def _with(base: dict[str, Any], change: dict[str, Any], label: str) -> dict[str, Any]:
+    v = {**base, "label": f"{base['label']} + {label}"}
+    for key, value in change.items():
+        if key == "act_grad":
+            v["binarize"] = {**v["binarize"], key: value}
+        else:
+            v[key] = value
+    return v
+
+
+VARIANTS.update(CANDIDATES)
+for _name, _base in CANDIDATES.items():
+    for _suffix, (_change, _label) in INGREDIENTS.items():
+        VARIANTS[f"{_name}_{_suffix}"] = _with(_base, _change, _label)
+
 DISTILL = {"output_weight": 1.0, "feature_weight": 0.1, "features": [r"re:body\.\d+"]}
 
 
@@ -122,6 +161,11 @@ class Preset:
     timing_steps: int = 8
     workers: int = 0
     train_sets: tuple[str, ...] = ("T91", "BSD200")
+    # learning curves (``--budgets``): the seeds each budget runs with unless --seeds says otherwise
+    ladder: tuple[tuple[int, tuple[int, ...]], ...] = ()
+
+    def seeds_at(self, iters: int) -> tuple[int, ...]:
+        return dict(self.ladder).get(iters, self.seeds[:1])
 
 
 GRID = ("fp", "q5", "bnn", "default", "default_rsign", "default_rprelu", "default_bbcu", "default_upsampler",
@@ -132,7 +176,8 @@ PRESETS = {
                     seeds=(0,), timing_steps=3, train_sets=("T91",)),
     "cpu": Preset(scale=4, num_feat=32, num_block=8, batch=8, lr_patch=24, iters=2000, lr=5e-4, val_freq=250,
                   print_freq=50, prior_a=0.01, eval_sets=("Set5", "Set14", "B100"), variants=GRID,
-                  one_seed=("q5",), timing_steps=60),
+                  one_seed=("q5",), timing_steps=60,
+                  ladder=((2000, (0, 1, 2)), (4000, (0, 1)), (8000, (0, 1)), (16000, (0, 1)))),
     "gpu": Preset(scale=4, num_feat=64, num_block=16, batch=16, lr_patch=48, iters=600, lr=2e-4, val_freq=200,
                   print_freq=50, prior_a=0.01, eval_sets=("Set5", "Set14", "B100"), variants=GRID,
                   one_seed=("q5",), timing_steps=20, workers=6),
@@ -147,7 +192,10 @@ class Run:
     val_curve: list[tuple[int, float]] = field(default_factory=list)  # (iter, Set5 PSNR)
     flip_curve: list[tuple[int, float]] = field(default_factory=list)  # (iter, mean flip ratio)
     wall_s: float = 0.0
-    iters: int = 0
+    iters: int = 0  # iterations this run trained (a variant's iters_mult included)
+    budget: int = 0  # the budget (rung of the ladder) it belongs to
+    # (iter, value) at each print of: prior_edge, branch_ratio, curriculum_q
+    log_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
 
 # -- options ---------------------------------------------------------------------------------
@@ -164,12 +212,13 @@ def variant_for(name: str, preset: Preset) -> dict[str, Any]:
     return v
 
 
-def run_name(variant: str, seed: int) -> str:
-    return f"{variant}_seed{seed}"
+def run_name(variant: str, seed: int, iters: int, preset: Preset) -> str:
+    """``<variant>_seed<k>`` at the preset's budget, ``<variant>_<iters>_seed<k>`` at another."""
+    return f"{variant}_seed{seed}" if iters == preset.iters else f"{variant}_{iters}_seed{seed}"
 
 
 def depends_on(variant: str) -> Optional[str]:
-    """The variant whose checkpoint (same seed) this one needs: its teacher or its start."""
+    """The variant whose checkpoint (same seed, same budget) this one needs: its teacher or its start."""
     v = VARIANTS[variant]
     return "fp" if v.get("distill") or v.get("init") else None
 
@@ -186,27 +235,34 @@ def network_options(name: str, preset: Preset) -> dict[str, Any]:
 
 
 def train_options(name: str, seed: int, preset: Preset, datasets: Path, train_folder: Path,
-                  work: Path) -> dict[str, Any]:
+                  work: Path, budget: Optional[int] = None) -> dict[str, Any]:
+    """BasicSR options of one run: ``budget`` iterations (default: the preset's), with the lr
+    milestone, the curriculum, the prior annealing and the validation interval scaled to it."""
     v = variant_for(name, preset)
     s = preset.scale
-    iters = preset.iters * v.get("iters_mult", 1)
+    budget = budget or preset.iters
+    iters = budget * v.get("iters_mult", 1)
+    val_freq = max(preset.val_freq * budget // preset.iters, 1)
     pixel = ({"type": "CurriculumL1Loss", "loss_weight": 1.0, "reduction": "mean", "q0": 0.5, "until": 0.5}
              if v["loss"] == "curriculum" else {"type": "L1Loss", "loss_weight": 1.0, "reduction": "mean"})
     train: dict[str, Any] = {
         "ema_decay": 0, "optim_g": {"type": "Adam", "lr": preset.lr, "weight_decay": 0, "betas": [0.9, 0.999]},
         "scheduler": {"type": "MultiStepLR", "milestones": [int(iters * 2 / 3)], "gamma": 0.5},
         "total_iter": iters, "warmup_iter": -1, "pixel_opt": pixel}
+    if v.get("anneal"):
+        train["prior_anneal"] = dict(v["anneal"])
     path: dict[str, Any] = {"pretrain_network_g": None, "strict_load_g": True, "resume_state": None}
     dep = depends_on(name)
     if dep:
-        ckpt = str(checkpoint_of(work, dep, seed))
+        ckpt = str(checkpoint_of(work, run_name(dep, seed, budget, preset)))
         if v.get("distill"):
             train["distill"] = {"network": network_options(dep, preset), "pretrain": ckpt, "param_key": "params",
                                 **DISTILL}
         if v.get("init"):
             path.update(pretrain_network_g=ckpt, param_key_g="params")
     return {
-        "name": run_name(name, seed), "model_type": "BinarySRModel" if v["kind"] == "binary" else "SRModel",
+        "name": run_name(name, seed, budget, preset),
+        "model_type": "BinarySRModel" if v["kind"] == "binary" else "SRModel",
         "scale": s, "num_gpu": "auto", "manual_seed": seed,
         "datasets": {
             "train": {"name": "+".join(preset.train_sets), "type": "BicubicPairDataset",
@@ -220,15 +276,15 @@ def train_options(name: str, seed: int, preset: Preset, datasets: Path, train_fo
         "network_g": network_options(name, preset),
         "path": path,
         "train": train,
-        "val": {"val_freq": preset.val_freq, "save_img": False,
+        "val": {"val_freq": val_freq, "save_img": False,
                 "metrics": {"psnr": {"type": "calculate_psnr", "crop_border": s, "test_y_channel": True}}},
         "logger": {"print_freq": preset.print_freq, "save_checkpoint_freq": iters, "use_tb_logger": False,
                    "wandb": {"project": None, "resume_id": None}},
     }
 
 
-def checkpoint_of(work: Path, variant: str, seed: int) -> Path:
-    return work / "experiments" / run_name(variant, seed) / "models" / "net_g_latest.pth"
+def checkpoint_of(work: Path, name: str) -> Path:
+    return work / "experiments" / name / "models" / "net_g_latest.pth"
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -260,23 +316,28 @@ def train(opt: dict[str, Any], work: Path, threads: int) -> float:
     return time.time() - start
 
 
-def parse_log(text: str) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(iter, Set5 PSNR) after each validation and (iter, mean flip ratio) at each print. The
-    iteration of a validation is the last one printed before it (``val_freq`` is a multiple of
-    ``print_freq``); the repeat validation BasicSR runs after training is dropped."""
+LOGGED = ("flip_ratio", "prior_edge", "branch_ratio", "curriculum_q")
+
+
+def parse_log(text: str) -> tuple[list[tuple[int, float]], dict[str, list[tuple[int, float]]]]:
+    """(iter, Set5 PSNR) after each validation, and (iter, value) at each print of every
+    :data:`LOGGED` quantity. The iteration of a validation is the last one printed before it
+    (``val_freq`` is a multiple of ``print_freq``); the repeat validation BasicSR runs after
+    training is dropped."""
     val: dict[int, float] = {}
-    flips = []
+    curves: dict[str, list[tuple[int, float]]] = {k: [] for k in LOGGED}
     it = 0
     for line in text.splitlines():
         m = re.search(r"iter:\s*([0-9,]+)", line)
         if m:
             it = int(m.group(1).replace(",", ""))
-            f = re.search(r"flip_ratio: ([0-9.e+-]+)", line)
-            if f:
-                flips.append((it, float(f.group(1))))
+            for key in LOGGED:
+                f = re.search(key + r": ([0-9.e+-]+)", line)
+                if f:
+                    curves[key].append((it, float(f.group(1))))
         if line.strip().startswith("# psnr:"):
             val.setdefault(it, float(line.split("psnr:")[1].split()[0]))
-    return sorted(val.items()), flips
+    return sorted(val.items()), curves
 
 
 def score_sets(upscale: Callable[[Any], Any], datasets: Path, sets: tuple[str, ...], scale: int) -> dict[str, dict]:
@@ -349,33 +410,48 @@ def training_step(opt: dict[str, Any], preset: Preset) -> Callable[[], None]:
     return step
 
 
-def _one_run(variant: str, seed: int, preset: Preset, datasets: Path, work: Path, runs_dir: Path,
+Job = tuple[str, int, int]  # (variant, seed, budget)
+
+
+def _one_run(variant: str, seed: int, budget: int, preset: Preset, datasets: Path, work: Path, runs_dir: Path,
              threads: int) -> Run:
-    opt = train_options(variant, seed, preset, datasets, work / "train_hr", work)
+    opt = train_options(variant, seed, preset, datasets, work / "train_hr", work, budget)
     wall = train(opt, work, threads)
     exp = work / "experiments" / opt["name"]
-    val, flips = parse_log("\n".join(p.read_text() for p in sorted(exp.glob("train_*.log"))))
+    val, curves = parse_log("\n".join(p.read_text() for p in sorted(exp.glob("train_*.log"))))
     metrics = evaluate(opt, exp / "models" / "net_g_latest.pth", datasets, preset.eval_sets)
-    run = Run(variant, seed, metrics, val, flips, wall, opt["train"]["total_iter"])
+    flips = curves.pop("flip_ratio")
+    run = Run(variant, seed, metrics, val, flips, wall, opt["train"]["total_iter"], budget,
+              {k: c for k, c in curves.items() if c})
     tmp = runs_dir / f".{opt['name']}.json.tmp"
     tmp.write_text(json.dumps(asdict(run), indent=1))
     tmp.replace(runs_dir / f"{opt['name']}.json")
-    log.info("    %s seed %d: %s (%.0f s)", variant, seed, {s: round(m["psnr"], 2) for s, m in metrics.items()}, wall)
+    log.info("    %s seed %d, %d its: %s (%.0f s)", variant, seed, budget,
+             {s: round(m["psnr"], 2) for s, m in metrics.items()}, wall)
     return run
 
 
-def _jobs(preset: Preset, variants: list[str], seeds: Optional[list[int]]) -> list[tuple[str, int]]:
+def _jobs(preset: Preset, variants: list[str], seeds: Optional[list[int]], budgets: Optional[list[int]]) -> list[Job]:
+    """Every (variant, seed, budget) asked for: ``budgets`` (default: the preset's iterations)
+    run with ``seeds`` if given, else the seeds the preset's ladder gives that budget."""
     jobs = []
-    for variant in variants:
-        chosen = seeds if seeds is not None else (preset.seeds[:1] if variant in preset.one_seed else preset.seeds)
-        jobs += [(variant, s) for s in chosen]
+    for budget in budgets or [preset.iters]:
+        for variant in variants:
+            if seeds is not None:
+                chosen: tuple[int, ...] | list[int] = seeds
+            elif budgets:
+                chosen = preset.seeds_at(budget)
+            else:
+                chosen = preset.seeds[:1] if variant in preset.one_seed else preset.seeds
+            jobs += [(variant, s, budget) for s in chosen]
     return jobs
 
 
 def run_grid(preset: Preset, datasets: Path, out: Path, variants: list[str], seeds: Optional[list[int]],
-             jobs: int) -> list[dict]:
-    """Train and score every (variant, seed) not already in ``out/runs``, ``jobs`` at a time
-    (each with ``cores // jobs`` threads); a run waits for the run it depends on (same seed)."""
+             jobs: int, budgets: Optional[list[int]] = None) -> list[dict]:
+    """Train and score every (variant, seed, budget) not already in ``out/runs``, ``jobs`` at a
+    time (each with ``cores // jobs`` threads); a run waits for the run it depends on (same
+    seed and budget)."""
     from benchmarks import fakequant  # noqa: F401  (registers FakeQuantArch here too)
 
     for sub in ("Set5", *preset.eval_sets, *preset.train_sets):
@@ -387,20 +463,28 @@ def run_grid(preset: Preset, datasets: Path, out: Path, variants: list[str], see
     link_training_images(datasets, preset.train_sets, work / "train_hr")
     threads = max((os.cpu_count() or 1) // jobs, 1)
     done = {p.stem for p in runs_dir.glob("*.json")}
-    pending = [j for j in _jobs(preset, variants, seeds) if run_name(*j) not in done]
-    for variant, seed in pending:
-        dep = depends_on(variant)
-        if dep and run_name(dep, seed) not in done and (dep, seed) not in pending:
-            raise SystemExit(f"{variant} seed {seed} needs the {dep} run of seed {seed}: add {dep} to --variants")
+
+    def name(job: Job) -> str:
+        return run_name(job[0], job[1], job[2], preset)
+
+    def dep_name(job: Job) -> Optional[str]:
+        dep = depends_on(job[0])
+        return run_name(dep, job[1], job[2], preset) if dep else None
+
+    pending = [j for j in _jobs(preset, variants, seeds, budgets) if name(j) not in done]
+    for job in pending:
+        dep = dep_name(job)
+        if dep and dep not in done and dep not in {name(j) for j in pending}:
+            raise SystemExit(f"{name(job)} needs the run {dep}: add {depends_on(job[0])} to --variants")
     log.info("%d runs to do (%d already in %s), %d at a time with %d threads each", len(pending), len(done),
              runs_dir, jobs, threads)
-    running: dict[Future, tuple[str, int]] = {}
+    running: dict[Future, Job] = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
-            ready = [j for j in pending if not depends_on(j[0]) or run_name(depends_on(j[0]), j[1]) in done]
+            ready = [j for j in pending if dep_name(j) is None or dep_name(j) in done]
             for job in ready[:max(jobs - len(running), 0)]:
                 pending.remove(job)
-                log.info("training %s (seed %d); %d queued", job[0], job[1], len(pending))
+                log.info("training %s; %d queued", name(job), len(pending))
                 running[pool.submit(_one_run, *job, preset, datasets, work, runs_dir, threads)] = job
             if not running:
                 raise SystemExit(f"runs whose dependencies failed: {pending}")
@@ -408,7 +492,7 @@ def run_grid(preset: Preset, datasets: Path, out: Path, variants: list[str], see
             for fut in finished:
                 job = running.pop(fut)
                 fut.result()
-                done.add(run_name(*job))
+                done.add(name(job))
     return [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))]
 
 
@@ -464,6 +548,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<preset>)")
     parser.add_argument("--variants", help="comma-separated subset of the variants (default: the preset's)")
     parser.add_argument("--seeds", help="comma-separated seeds for every chosen variant (default: the preset's)")
+    parser.add_argument("--budgets", help="comma-separated iteration budgets, each its own full-schedule run "
+                        "(learning curves; seeds per budget from the preset's ladder unless --seeds)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (threads split evenly)")
     parser.add_argument("--timing", action="store_true", help="only measure step times (idle machine)")
     parser.add_argument("--redraw", type=Path, help="rewrite results.md and the plots from a results.json")
@@ -484,6 +570,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else None
+    budgets = [int(v) for v in args.budgets.split(",")] if args.budgets else None
+    if budgets and min(budgets) < 1:
+        parser.error("--budgets must be positive iteration counts")
     results_path = out / "results.json"
     previous = json.loads(results_path.read_text()) if results_path.is_file() else {}
     start = time.time()
@@ -491,7 +580,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         runs = previous.get("runs", [])
         step_times = {**previous.get("step_time_s", {}), **timing(preset, datasets, out, variants)}
     else:
-        runs = run_grid(preset, datasets, out, variants, seeds, args.jobs)
+        runs = run_grid(preset, datasets, out, variants, seeds, args.jobs, budgets)
         step_times = previous.get("step_time_s", {})
     if args.preset == "smoke" and not step_times:
         step_times = timing(preset, datasets, out, variants)
@@ -501,7 +590,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "variants": {v: variant_for(v, preset) for v in names}, "runs": runs, "step_time_s": step_times,
         "bicubic": previous.get("bicubic") or bicubic_metrics(datasets, preset.eval_sets, preset.scale),
         "grid_wall_s": previous.get("grid_wall_s", 0.0) + time.time() - start, "environment": environment(),
-        "distill": DISTILL,
+        "distill": DISTILL, "ladder": bool(budgets or previous.get("ladder")),
         "paper_recipe": "EDSR-baseline (64 features, 16 blocks), DIV2K, batch 16, LR patch 48, 300k iterations, "
                         "lr 2e-4 halved at 200k",
     }

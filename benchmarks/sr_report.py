@@ -267,8 +267,214 @@ def plots(results: dict, out: Path) -> None:
 
 
 def write_outputs(results: dict, out: Path) -> None:
-    """``results.json``, ``results.md`` and the plots into ``out``."""
+    """``results.json``, ``results.md`` and the plots into ``out`` (learning-curve tables and
+    plots for a ladder)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text(markdown(results))
-    plots(results, out)
+    if results.get("ladder"):
+        (out / "results.md").write_text(ladder_markdown(results))
+        ladder_plots(results, out)
+    else:
+        (out / "results.md").write_text(markdown(results))
+        plots(results, out)
+
+
+# -- learning curves (round 3: each budget its own full-schedule run) ---------------------------
+DECIDE_AT, GUARD_AT, GUARD_DB = 8000, 2000, 0.05
+
+
+def by_budget(results: dict) -> dict[int, dict[str, list[dict]]]:
+    """``{budget: {variant: runs}}``; a run without a budget is at the preset's iterations."""
+    out: dict[int, dict[str, list[dict]]] = {}
+    for r in sorted(results["runs"], key=lambda r: (r["variant"], r["seed"])):
+        budget = r.get("budget") or results["config"]["iters"]
+        out.setdefault(budget, {}).setdefault(r["variant"], []).append(r)
+    return dict(sorted(out.items()))
+
+
+def baseline_of(variant: str, results: dict) -> Optional[str]:
+    """What a ladder variant is compared with: an ingredient ``<candidate>_<x>`` with its
+    candidate, a candidate (or ``default_<x>``) with ``default``; ``None`` for fp and default."""
+    if variant in ("fp", "default", "q5", "q4", "bnn"):
+        return None
+    for base in sorted(results["variants"], key=len, reverse=True):
+        if variant.startswith(base + "_") and base != variant:
+            return base
+    return "default"
+
+
+def gap_rows(ladder: dict[int, dict[str, list[dict]]], sets: list[str]) -> dict[str, dict[int, dict]]:
+    """Per variant and budget, the paired gap to full precision (same seeds) on every set."""
+    rows: dict[str, dict[int, dict]] = {}
+    for budget, by in ladder.items():
+        for v in by:
+            if v == "fp":
+                continue
+            p = paired(by, v, "fp", sets)
+            if p is not None:
+                rows.setdefault(v, {})[budget] = p
+    return rows
+
+
+def slope(points: list[tuple[int, float]]) -> Optional[float]:
+    """Least-squares slope of value against log2(budget): dB per doubling of the budget."""
+    if len({b for b, _ in points}) < 2:
+        return None
+    xs = [math.log2(b) for b, _ in points]
+    ys = [v for _, v in points]
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def ladder_decision(ladder: dict[int, dict[str, list[dict]]], a: str, b: str, sets: list[str]) -> dict:
+    """The round-3 rule for adopting ``a`` over ``b``: its paired gain on the first set at
+    :data:`DECIDE_AT` iterations is larger than 2 SE with the same sign on the other sets, and at
+    :data:`GUARD_AT` it loses no more than :data:`GUARD_DB` dB."""
+    at = {budget: paired(by, a, b, sets) for budget, by in ladder.items()}
+    decide, guard = at.get(DECIDE_AT), at.get(GUARD_AT)
+    if decide is None or decide["se"] is None:
+        verdict = "undecided (no 8k pair of 2+ seeds)"
+    elif not decide["adopt"]:
+        verdict = "keep off"
+    elif guard is not None and guard["mean"][sets[0]] < -GUARD_DB:
+        verdict = f"keep off (loses {guard['mean'][sets[0]]:+.3f} dB at {GUARD_AT:,})"
+    else:
+        verdict = "**adopt**"
+    return {"at": at, "verdict": verdict}
+
+
+def ladder_markdown(results: dict) -> str:
+    ladder = by_budget(results)
+    sets = results["config"]["eval_sets"]
+    cfg, env = results["config"], results["environment"]
+    lines = [f"# SR binarization learning curves, preset `{results['preset']}`", "",
+             f"EDSR x{cfg['scale']}, {cfg['num_feat']} features, {cfg['num_block']} blocks; batch {cfg['batch']}, "
+             f"LR patch {cfg['lr_patch']}; training images {' + '.join(cfg['train_sets'])}. Each budget is its own "
+             f"full-schedule run: Adam lr {cfg['lr']} halved at 2/3 of it, the curriculum (where used) over its first "
+             "half, the prior annealing (where used) over its last third, validation 8 times. Y-channel PSNR/SSIM, "
+             f"border {cfg['scale']} cropped. Machine: {env['processor']} ({env['threads']} threads), 2 runs at a "
+             f"time; grid wall time {results['grid_wall_s'] / 3600:.1f} h.", ""]
+    for budget, by in ladder.items():
+        lines += [f"## {budget:,} iterations", "", *_budget_table(results, by, sets, budget), ""]
+    lines += _gap_table(results, ladder, sets)
+    lines += _ladder_pairs(results, ladder, sets)
+    return "\n".join(lines) + "\n"
+
+
+def _budget_table(results: dict, by: dict[str, list[dict]], sets: list[str], budget: int) -> list[str]:
+    fp = by.get("fp")
+    lines = ["| variant | " + " | ".join(f"{s} PSNR / SSIM" for s in sets) + f" | gap to FP ({sets[0]}, paired) | "
+             "seeds | train wall (s) |", "|---|" + "---|" * (len(sets) + 3)]
+    for v, runs in by.items():
+        cells = []
+        for s in sets:
+            dev = sd(runs, s)
+            cells.append(f"{mean(runs, s):.2f}{f' ± {dev:.2f}' if dev is not None else ''} / "
+                         f"{mean(runs, s, 'ssim'):.4f}")
+        p = paired(by, v, "fp", sets) if fp and v != "fp" else None
+        gap = f"{p['mean'][sets[0]]:+.3f}" if p else "-"
+        label = results["variants"].get(v, {}).get("label", v)
+        seeds = ",".join(str(r["seed"]) for r in runs)
+        wall = statistics.mean(r["wall_s"] for r in runs)
+        lines.append(f"| {v}: {label} | " + " | ".join(cells) + f" | {gap} | {seeds} | {wall:.0f} |")
+    return lines
+
+
+def _gap_table(results: dict, ladder: dict[int, dict[str, list[dict]]], sets: list[str]) -> list[str]:
+    rows = gap_rows(ladder, sets)
+    budgets = list(ladder)
+    lines = [f"## Gap to full precision ({sets[0]}, dB, paired by seed: mean [per seed]) and its slope", "",
+             "Slope: least squares of the mean gap against log2(iterations), dB per doubling of the budget "
+             "(0 = a gap that stops growing).", "",
+             "| variant | " + " | ".join(f"{b:,}" for b in budgets) + " | slope (dB/doubling) | "
+             + " | ".join(f"{s} gap at {budgets[-1]:,}" for s in sets[1:]) + " |",
+             "|---|" + "---|" * (len(budgets) + len(sets))]
+    for v, at in rows.items():
+        cells = []
+        for b in budgets:
+            p = at.get(b)
+            cells.append(f"{p['mean'][sets[0]]:+.2f} [{', '.join(f'{d:+.2f}' for d in p['diffs'][sets[0]])}]"
+                         if p else "-")
+        sl = slope([(b, p["mean"][sets[0]]) for b, p in at.items()])
+        last = at.get(budgets[-1])
+        tail = [f"{last['mean'][s]:+.2f}" if last else "-" for s in sets[1:]]
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {f'{sl:+.3f}' if sl is not None else '-'} | "
+                     + " | ".join(tail) + " |")
+    return lines + [""]
+
+
+def _ladder_pairs(results: dict, ladder: dict[int, dict[str, list[dict]]], sets: list[str]) -> list[str]:
+    variants = sorted({v for by in ladder.values() for v in by})
+    budgets = list(ladder)
+    lines = ["## Paired differences and decisions", "",
+             f"Rule: adopt only if the paired gain on {sets[0]} at {DECIDE_AT:,} iterations is larger than 2 SE and "
+             f"has the same sign on {' and '.join(sets[1:])}, and it loses no more than {GUARD_DB} dB at "
+             f"{GUARD_AT:,}. Cells: {sets[0]} mean (SE) [{', '.join(sets[1:])} means].", "",
+             "| candidate - baseline | " + " | ".join(f"{b:,}" for b in budgets) + " | decision |",
+             "|---|" + "---|" * (len(budgets) + 1)]
+    for v in variants:
+        base = baseline_of(v, results)
+        if base is None or not any(base in by and v in by for by in ladder.values()):
+            continue
+        d = ladder_decision(ladder, v, base, sets)
+        cells = []
+        for b in budgets:
+            p = d["at"].get(b)
+            if p is None:
+                cells.append("-")
+                continue
+            se = f" ({p['se']:.3f})" if p["se"] is not None else ""
+            others = ", ".join(f"{p['mean'][s]:+.2f}" for s in sets[1:])
+            cells.append(f"{p['mean'][sets[0]]:+.3f}{se} [{others}]")
+        lines.append(f"| {v} - {base} | " + " | ".join(cells) + f" | {d['verdict']} |")
+    return lines
+
+
+def ladder_plots(results: dict, out: Path) -> None:
+    """``gap_curve.png``: each variant's gap to full precision against the budget (log2 axis),
+    mean over seeds with the min..max band; ``signals.png``: flip ratio, fraction at the prior's
+    edge and branch/stream ratio during the largest budget's runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ladder = by_budget(results)
+    sets = results["config"]["eval_sets"]
+    colors = plt.cm.tab10.colors
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for k, (v, at) in enumerate(gap_rows(ladder, sets).items()):
+        bs = sorted(at)
+        m = [at[b]["mean"][sets[0]] for b in bs]
+        ax.plot(bs, m, marker="o", label=v, color=colors[k % 10], ls="-" if k < 10 else "--")
+        ax.fill_between(bs, [min(at[b]["diffs"][sets[0]]) for b in bs], [max(at[b]["diffs"][sets[0]]) for b in bs],
+                        color=colors[k % 10], alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("training iterations (each its own full-schedule run)")
+    ax.set_ylabel(f"{sets[0]} PSNR gap to full precision (dB)")
+    ax.set_title("gap to full precision against budget (mean over seeds, band: min..max)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "gap_curve.png", dpi=120)
+    plt.close(fig)
+
+    top = ladder[max(ladder)]
+    keys = [("flip_ratio", "flip ratio per print interval", True), ("prior_edge", "fraction at the box edge", False),
+            ("branch_ratio", "mean branch / stream", False)]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, (key, title, log) in zip(axes, keys):
+        for k, (v, runs) in enumerate(top.items()):
+            curve = runs[0]["flip_curve"] if key == "flip_ratio" else runs[0].get("log_curves", {}).get(key)
+            if curve:
+                ax.plot([i for i, _ in curve], [max(x, 1e-7) for _, x in curve], label=v, color=colors[k % 10])
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(f"{title} ({max(ladder):,} its, seed {top[next(iter(top))][0]['seed']})", fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "signals.png", dpi=120)
+    plt.close(fig)

@@ -40,12 +40,33 @@ def test_activation_forward_and_gradient(kind, x):
     g = torch.randn_like(t)
     y.backward(g)
     a = t.detach().abs()
+    s = a.mean().clamp_min(torch.finfo(a.dtype).tiny)  # a 1-D input is one channel
     expected = {
         "approxsign": g * torch.where(a < 1, 2 - 2 * a, torch.zeros_like(a)),
+        "approxsign_scaled": g * torch.where(a < s, (2 - 2 * a / s) / s, torch.zeros_like(a)),
         "ste": g * (a <= 1).float(),
         "identity": g,
     }[kind]
     torch.testing.assert_close(t.grad, expected)
+
+
+def test_scaled_approxsign_window_follows_each_channel():
+    """The window of ``approxsign_scaled`` is each channel's own mean |x| (dimension 1 for
+    convs, the last one for linear layers): a channel 100x larger gets a window 100x wider,
+    gradients 100x smaller, and the same total gradient mass."""
+    torch.manual_seed(0)
+    base = torch.randn(4, 1, 8, 8)
+    x = torch.cat([base, base * 100], dim=1).requires_grad_()
+    binarize_input(x, "approxsign_scaled").sum().backward()
+    g = x.grad
+    assert torch.allclose(g[:, 1], g[:, 0] / 100, rtol=1e-4, atol=1e-9)
+    assert (g[:, 0] > 0).float().mean() > 0.5  # most inputs lie inside |x| < mean|x| ... or near it
+    plain = x.detach().clone().requires_grad_()
+    binarize_input(plain, "approxsign").sum().backward()
+    assert (plain.grad[:, 1] > 0).float().mean() < 0.05  # the fixed |x| < 1 window misses the large channel
+    last = torch.cat([base, base * 100], dim=1).permute(0, 2, 3, 1).contiguous().requires_grad_()
+    binarize_input(last, "approxsign_scaled", dim=-1).sum().backward()
+    torch.testing.assert_close(last.grad, g.permute(0, 2, 3, 1))
 
 
 def test_activation_without_grad_is_plain_sign():

@@ -206,7 +206,7 @@ def test_packed_round_trip_scale_modes(scale, tmp_path):
     for name, layer in binary_layers(loaded):
         original = net.get_submodule(name)
         # mean_abs becomes a learned scale holding the computed alpha (the latent magnitudes are not stored)
-        assert layer.scale_mode == ("none" if scale == "none" else "learned")
+        assert layer.options.scale == ("none" if scale == "none" else "learned")
         assert torch.equal(layer.binary_weight(), original.binary_weight())
         assert layer.weight.abs().eq(0.05).all() and torch.equal(layer.sign_ref, pack_signs(original.weight))
 

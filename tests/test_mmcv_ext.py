@@ -107,11 +107,11 @@ def test_conv_cfg_with_the_class_keeps_its_init():
 def test_options_reach_the_layer(options):
     conv = build_conv_layer(dict(type="BinaryConv2d", **options), 8, 8, 3, padding=1)
     via_module = ConvModule(8, 8, 3, padding=1, conv_cfg=dict(type="BinaryConv2d", **options)).conv
-    expected = {"prior_a": conv.prior_a, "scale": conv.scale_mode, "act_grad": conv.act_grad,
+    expected = {"prior_a": conv.prior_a, "scale": conv.options.scale, "act_grad": conv.act_grad,
                 "shortcut": conv.shortcut, "binarize_act": conv.binarize_act,
                 "binarize_weight": conv.binarize_weight}
     for layer in (conv, via_module):
-        got = {"prior_a": layer.prior_a, "scale": layer.scale_mode, "act_grad": layer.act_grad,
+        got = {"prior_a": layer.prior_a, "scale": layer.options.scale, "act_grad": layer.act_grad,
                "shortcut": layer.shortcut, "binarize_act": layer.binarize_act,
                "binarize_weight": layer.binarize_weight}
         assert got == expected

@@ -10,6 +10,9 @@ Options under ``train:`` besides SRModel's:
 * ``calibrate_scales`` (default true): before the first step, fold each binarized layer's
   input magnitude on the first batch into its learned scale (:func:`bsr_plugin.calibrate_scales_`;
   skipped for layers already calibrated, e.g. when resuming or fine-tuning a binary checkpoint).
+* ``prior_anneal: {start: 0.667, factor: 10}``: from progress ``start`` (iteration /
+  total_iter) on, every layer's prior half-width ``a`` widens geometrically to ``factor`` times
+  its value at the end (fewer sign flips late in training; absent: ``a`` stays fixed).
 * ``pixel_opt`` of type ``CurriculumL1Loss`` gets its progress (iteration / total_iter).
 * ``distill``: distillation from a frozen full-precision teacher (see
   :mod:`bsr_plugin.basicsr_ext.distill`): ``l_distill_out`` (output L1) and ``l_distill_feat``
@@ -17,25 +20,31 @@ Options under ``train:`` besides SRModel's:
   ``net_g``: it is never trained, saved, validated or exported.
 
 Every ``logger.print_freq`` iterations it logs the mean flip ratio of the weight signs since the
-last reading (``flip_ratio``), the curriculum's quantile (``curriculum_q``) and, in one line,
-the flip ratio of every layer. Learned weight scales get no weight decay.
+last reading (``flip_ratio``), the fraction of latent weights at the prior's box edge
+(``prior_edge``), the curriculum's quantile (``curriculum_q``), the mean branch/stream ratio of
+the layers with a real shortcut (``branch_ratio``) and, one line each, the flip ratio of every
+layer and the branch/stream ratio and stream magnitude of every layer with a shortcut.
+Learned weight scales get no weight decay.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from ..core.prior import (
+from ..core import (
     binary_layers,
+    branch_ratios,
     calibrate_scales_,
     flip_ratios,
     project_to_prior_,
     scale_parameters,
     set_binarization,
 )
+from ..core.prior import edge_fraction
 from ..errors import OptionsError
 from .compat import _load_network, import_basicsr
 from .distill import Distiller, check_distill_options
@@ -47,6 +56,7 @@ from basicsr.models.sr_model import SRModel  # noqa: E402
 from basicsr.utils import get_root_logger  # noqa: E402
 
 SCHEDULE_KEYS = ("act_from_iter", "weight_from_iter")
+ANNEAL_KEYS = ("start", "factor")
 
 
 def schedule_problems(schedule: Any, total_iter: Any) -> list[str]:
@@ -68,6 +78,35 @@ def schedule_problems(schedule: Any, total_iter: Any) -> list[str]:
             problems.append(f"train.binarize_schedule.{key} = {value!r} lies outside [0, total_iter={total_iter}]; "
                             "give the iteration from which it binarizes")
     return problems
+
+
+def anneal_problems(anneal: Any) -> list[str]:
+    """Problems with ``train.prior_anneal`` (checked by the preflight and again here): a mapping
+    ``{start: progress in [0, 1), factor: number >= 1}``."""
+    if anneal is None:
+        return []
+    if not isinstance(anneal, Mapping):
+        return [f"train.prior_anneal must be a mapping {{start: 0.667, factor: 10}}, got {str(anneal)[:80]!r}"]
+    problems = []
+    unknown = sorted(str(k) for k in anneal if k not in ANNEAL_KEYS)
+    if unknown:
+        problems.append(f"train.prior_anneal: unknown keys {unknown}; known: {', '.join(ANNEAL_KEYS)}")
+    start, factor = anneal.get("start", 0.667), anneal.get("factor", 10.0)
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 <= start < 1:
+        problems.append(f"train.prior_anneal.start = {start!r}: give the progress (iteration / total_iter) in "
+                        "[0, 1) from which the prior widens")
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 <= factor <= 1e3:
+        problems.append(f"train.prior_anneal.factor = {factor!r}: give how many times wider the prior ends, "
+                        "a number in [1, 1000]")
+    return problems
+
+
+def annealed_a(a0: float, progress: float, start: float, factor: float) -> float:
+    """The prior half-width at ``progress``: ``a0`` until ``start``, then geometric to
+    ``factor * a0`` at progress 1."""
+    if progress <= start:
+        return a0
+    return a0 * factor ** ((min(progress, 1.0) - start) / (1.0 - start))
 
 
 class BinarySRModel(SRModel):
@@ -95,6 +134,11 @@ class BinarySRModel(SRModel):
         self.act_from = int(schedule.get("act_from_iter", 0))
         self.weight_from = int(schedule.get("weight_from_iter", 0))
         self.total_iter = int(train_opt["total_iter"])
+        problems = anneal_problems(train_opt.get("prior_anneal"))
+        if problems:
+            raise OptionsError("; ".join(problems))
+        self.anneal = dict(train_opt.get("prior_anneal") or {}) or None
+        self.prior_a0 = {name: layer.prior_a for name, layer in binary_layers(self.get_bare_model(self.net_g))}
         self.cri_prior = build_loss(train_opt["prior_opt"]).to(self.device) if train_opt.get("prior_opt") else None
         self.distiller = self._build_distiller(train_opt.get("distill"))
         super().init_training_settings()
@@ -140,6 +184,13 @@ class BinarySRModel(SRModel):
         for net in (self.get_bare_model(self.net_g), getattr(self, "net_g_ema", None)):
             if net is not None:
                 set_binarization(net, act=act, weight=weight)
+        if self.anneal is not None:
+            progress = current_iter / self.total_iter
+            start, factor = self.anneal.get("start", 0.667), self.anneal.get("factor", 10.0)
+            for name, layer in binary_layers(self.get_bare_model(self.net_g)):
+                a0 = self.prior_a0.get(name)
+                if a0 is not None:
+                    layer.prior_a = annealed_a(a0, progress, start, factor)
 
     @torch.no_grad()
     def _calibrate(self) -> None:
@@ -170,7 +221,9 @@ class BinarySRModel(SRModel):
         if hasattr(self.cri_pix, "set_progress"):
             self.cri_pix.set_progress(current_iter / self.total_iter)
         self.optimizer_g.zero_grad()
-        self.output = self.net_g(self.lq)
+        logging_now = current_iter % self.opt["logger"]["print_freq"] == 0
+        with branch_ratios(self.get_bare_model(self.net_g)) if logging_now else _nothing() as ratios:
+            self.output = self.net_g(self.lq)
 
         loss_dict = {}
         l_total = 0
@@ -196,8 +249,8 @@ class BinarySRModel(SRModel):
             project_to_prior_(self.get_bare_model(self.net_g))
 
         self.log_dict = self.reduce_loss_dict(loss_dict)
-        if current_iter % self.opt["logger"]["print_freq"] == 0:
-            self._log_binary_state()
+        if logging_now:
+            self._log_binary_state(ratios)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 
@@ -213,13 +266,27 @@ class BinarySRModel(SRModel):
         net.train(was_training)
 
     @torch.no_grad()
-    def _log_binary_state(self) -> None:
-        flips = flip_ratios(self.get_bare_model(self.net_g))
+    def _log_binary_state(self, ratios: Mapping[str, tuple[float, float]]) -> None:
+        net = self.get_bare_model(self.net_g)
+        logger = get_root_logger()
+        flips = flip_ratios(net)
         if flips:
             self.log_dict["flip_ratio"] = sum(flips.values()) / len(flips)
-            get_root_logger().info("flip ratio per layer: " + ", ".join(f"{k}={v:.2e}" for k, v in flips.items()))
+            logger.info("flip ratio per layer: " + ", ".join(f"{k}={v:.2e}" for k, v in flips.items()))
+        edge = edge_fraction(net)
+        if edge is not None:
+            self.log_dict["prior_edge"] = edge
+        if ratios:
+            self.log_dict["branch_ratio"] = sum(r for r, _ in ratios.values()) / len(ratios)
+            logger.info("branch/stream ratio (stream mean |x|) per layer: "
+                        + ", ".join(f"{k}={r:.3f} ({m:.3g})" for k, (r, m) in ratios.items()))
         if hasattr(self.cri_pix, "quantile"):
             self.log_dict["curriculum_q"] = self.cri_pix.quantile()
+
+
+@contextmanager
+def _nothing() -> Iterator[dict]:
+    yield {}
 
 
 MODELS = (BinarySRModel,)

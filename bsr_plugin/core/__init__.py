@@ -4,24 +4,24 @@ imports nothing else from bsr_plugin but :mod:`bsr_plugin.errors`."""
 
 from .binarizers import binarize_input, binarize_kernel, sign
 from .bits import pack_signs, unpack_signs
+from .calibration import branch_ratios, calibrate_scales_
 from .curriculum import PixelCurriculumL1
 from .layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear
 from .options import LayerOptions
 from .prior import (
     UniformPriorLoss,
-    binary_layers,
-    calibrate_scales_,
     flip_ratios,
     prior_penalty,
     project_to_prior_,
     scale_parameters,
     set_binarization,
 )
-from .registry import binary_type_for, is_binary, register_binary_layer
+from .registry import binary_layers, binary_type_for, is_binary, register_binary_layer
 
 __all__ = [
     "BinaryConv2d", "BinaryLayerMixin", "BinaryLinear", "LayerOptions", "PixelCurriculumL1", "UniformPriorLoss",
-    "binarize_input", "binarize_kernel", "binary_layers", "binary_type_for", "calibrate_scales_", "flip_ratios",
+    "binarize_input", "binarize_kernel", "binary_layers", "binary_type_for", "branch_ratios", "calibrate_scales_",
+    "flip_ratios",
     "is_binary", "pack_signs", "prior_penalty", "project_to_prior_", "register_binary_layer", "scale_parameters",
     "set_binarization", "sign", "unpack_signs",
 ]

@@ -8,6 +8,12 @@ Activation binarizers (choose with ``act_grad``):
 
 * ``approxsign`` (Bi-Real Net, Liu et al. ECCV 2018), the default.
   Forward ``sign(x)``. Gradient ``g * (2 - 2|x|)`` for ``|x| < 1``, else 0.
+* ``approxsign_scaled``: ApproxSign with its window stretched to the input's scale.
+  Forward ``sign(x)``. Gradient ``g * (2 - 2|x|/s) / s`` for ``|x| < s``, else 0, where ``s``
+  is the mean ``|x|`` of each channel over the batch (no gradient through ``s``): the
+  derivative of ``s * approxsign(x / s)``, the real input that a calibrated scale
+  (``alpha * mean|x|``) stands for. Same total gradient mass as ``approxsign``, spread over
+  the channel's actual range instead of ``|x| < 1``. Nothing changes at inference.
 * ``ste`` (straight-through estimator, Hubara et al. 2016).
   Forward ``sign(x)``. Gradient ``g`` for ``|x| <= 1``, else 0.
 * ``identity``.
@@ -50,10 +56,24 @@ def sign(x: Tensor) -> Tensor:
     return torch.copysign(x.new_ones(()), x + 0.0)
 
 
-def _act_grad_input(x: Tensor, g: Tensor, kind: str) -> Tensor:
+def channel_magnitude(x: Tensor, dim: int) -> Tensor:
+    """Mean ``|x|`` of each channel (dimension ``dim``) over all other dimensions, shaped to
+    broadcast over ``x`` (a 1-D ``x`` is one channel); never 0."""
+    tiny = torch.finfo(x.dtype).tiny
+    if x.dim() < 2:
+        return x.abs().mean().clamp_min(tiny)
+    d = dim % x.dim()
+    others = [i for i in range(x.dim()) if i != d]
+    return x.abs().mean(dim=others, keepdim=True).clamp_min(tiny)
+
+
+def _act_grad_input(x: Tensor, g: Tensor, kind: str, dim: int) -> Tensor:
     """``g`` times the surrogate derivative at ``x`` (in place on one temporary)."""
     if kind == "approxsign":
         return x.abs().mul_(-2.0).add_(2.0).clamp_(min=0.0).mul_(g)
+    if kind == "approxsign_scaled":
+        s = channel_magnitude(x, dim)
+        return x.abs().div_(s).mul_(-2.0).add_(2.0).clamp_(min=0.0).div_(s).mul_(g)
     if kind == "ste":
         return g * (x.abs() <= 1.0).to(g.dtype)
     return g
@@ -63,8 +83,8 @@ class _SignAct(torch.autograd.Function):
     """Forward ``sign(x)``; backward ``g * surrogate'(x)`` (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, kind: str) -> Tensor:  # type: ignore[override]
-        ctx.kind = kind
+    def forward(ctx, x: Tensor, kind: str, dim: int) -> Tensor:  # type: ignore[override]
+        ctx.kind, ctx.dim = kind, dim
         if kind != "identity":
             ctx.save_for_backward(x)
         return sign(x)
@@ -72,22 +92,24 @@ class _SignAct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         if ctx.kind == "identity":
-            return g, None
+            return g, None, None
         (x,) = ctx.saved_tensors
-        return _act_grad_input(x, g, ctx.kind), None
+        return _act_grad_input(x, g, ctx.kind, ctx.dim), None, None
 
 
-def binarize_input(x: Tensor, act_grad: str = "approxsign") -> Tensor:
+def binarize_input(x: Tensor, act_grad: str = "approxsign", dim: int = 1) -> Tensor:
     """Binarize activations to exactly +-1.
 
     Forward: ``sign(x)`` (+1 at 0). Gradient: ``approxsign`` -> ``g * (2 - 2|x|)`` on
-    ``|x| < 1`` else 0; ``ste`` -> ``g`` on ``|x| <= 1`` else 0; ``identity`` -> ``g``.
-    Without autograd (inference, export) this is the plain ``sign`` with no saved tensors.
+    ``|x| < 1`` else 0; ``approxsign_scaled`` -> ``g * (2 - 2|x|/s) / s`` on ``|x| < s`` else
+    0, ``s`` the mean ``|x|`` of the channel (dimension ``dim``) over the batch; ``ste`` ->
+    ``g`` on ``|x| <= 1`` else 0; ``identity`` -> ``g``. Without autograd (inference, export)
+    this is the plain ``sign`` with no saved tensors.
     """
     check_choice("act_grad", act_grad, ACT_GRADS)
     if not (torch.is_grad_enabled() and x.requires_grad):
         return sign(x)
-    return _SignAct.apply(x, act_grad)
+    return _SignAct.apply(x, act_grad, dim)
 
 
 class _SignWeight(torch.autograd.Function):

@@ -114,6 +114,19 @@ def rprelu(y: Tensor, shift_in: Tensor, slope: Tensor, shift_out: Tensor, dim: i
     return torch.where(t >= 0, t, t * slope.view(view)) + shift_out.view(view)
 
 
+def _option(name: str, settable: bool = False) -> property:
+    """A layer attribute that reads ``self.options.<name>`` (and, if ``settable``, replaces
+    the options with that field changed, validated by :class:`LayerOptions`)."""
+
+    def get(self: Any) -> Any:
+        return getattr(self.options, name)
+
+    def set_(self: Any, value: Any) -> None:
+        self.options = self.options.replace(**{name: value})
+
+    return property(get, set_ if settable else None, doc=f"``options.{name}``")
+
+
 class BinaryLayerMixin:
     """What binarized conv and linear layers share: options, scale, prior, flip ratio,
     RSign / RPReLU, and packing their binary state in and out."""
@@ -128,12 +141,7 @@ class BinaryLayerMixin:
 
     def _init_binary(self, options: dict[str, Any], in_features: int, out_features: int, same_size: bool) -> None:
         opts = LayerOptions.from_kwargs(type(self).__name__, **options)
-        self.act_grad = opts.act_grad
-        self.scale_mode = opts.scale
-        self.prior_a = opts.prior_a
-        self.shortcut = shortcut_for(in_features, out_features, same_size, opts.shortcut)
-        self.binarize_act = opts.binarize_act
-        self.binarize_weight = opts.binarize_weight
+        self.options = opts.replace(shortcut=shortcut_for(in_features, out_features, same_size, opts.shortcut))
         w = self.weight
         self.register_parameter("scale", nn.Parameter(w.new_empty(w.shape[0])) if opts.scale == "learned" else None)
         self.register_parameter("threshold", nn.Parameter(w.new_zeros(in_features)) if opts.rsign else None)
@@ -143,19 +151,21 @@ class BinaryLayerMixin:
         self.register_buffer("calibrated", torch.zeros((), dtype=w.dtype, device=w.device))
         self._reset_binary_state()
 
-    @property
-    def rsign(self) -> bool:
-        return self.threshold is not None
+    # The layer's options live in one frozen LayerOptions (``self.options``, shortcut resolved
+    # to the mode in use); these read it, and the three that training schedules switch replace it.
+    prior_a = _option("prior_a", settable=True)
+    binarize_act = _option("binarize_act", settable=True)
+    binarize_weight = _option("binarize_weight", settable=True)
+    act_grad = _option("act_grad")
+    shortcut = _option("shortcut")
+    rsign = _option("rsign")
+    rprelu = _option("rprelu")
 
     @property
-    def rprelu(self) -> bool:
-        return getattr(self, "act_slope", None) is not None
-
-    def options(self) -> LayerOptions:
-        """This layer's options (``shortcut`` as the resolved mode)."""
-        return LayerOptions(prior_a=self.prior_a, act_grad=self.act_grad, scale=self.scale_mode,
-                            binarize_act=self.binarize_act, binarize_weight=self.binarize_weight,
-                            shortcut=self.shortcut, rsign=self.rsign, rprelu=self.rprelu)
+    def fully_binary(self) -> bool:
+        """True when both the input and the weight are binarized (what a packed file, the
+        engine, ONNX export and the counts require)."""
+        return self.options.binarize_act and self.options.binarize_weight
 
     # -- weights ------------------------------------------------------------------------
     @torch.no_grad()
@@ -164,7 +174,7 @@ class BinaryLayerMixin:
         self.init_from_float_(self.weight.detach().clone())
         if self.threshold is not None:
             self.threshold.zero_()
-        if self.rprelu:
+        if self.options.rprelu:
             self.act_shift_in.zero_()
             self.act_slope.fill_(RPRELU_SLOPE_INIT)
             self.act_shift_out.zero_()
@@ -206,16 +216,16 @@ class BinaryLayerMixin:
 
     def binary_weight(self) -> Tensor:
         """``alpha * sign(w)``, the weight the layer computes with (gradient: see binarizers)."""
-        return binarize_kernel(self.weight, self.scale_mode, self.scale, self.prior_a)
+        return binarize_kernel(self.weight, self.options.scale, self.scale, self.prior_a)
 
     def alpha(self) -> Optional[Tensor]:
         """The per-output-channel scale the layer multiplies ``sign(w)`` by (``None``: 1)."""
-        a = weight_scale(self.weight, self.scale_mode, self.scale)
+        a = weight_scale(self.weight, self.options.scale, self.scale)
         return None if a is None else a.reshape(-1)
 
     def real_weight(self) -> Tensor:
         """The real weight the latent weight stands for (used when weight binarization is off)."""
-        if self.scale_mode != "learned":
+        if self.options.scale != "learned":
             return self.weight
         w = self.weight
         mean = w.abs().flatten(1).mean(1).clamp_min(torch.finfo(w.dtype).tiny)
@@ -230,7 +240,7 @@ class BinaryLayerMixin:
             view = [1] * x.dim()
             view[self.channel_dim] = -1
             x = x - self.threshold.view(view)
-        return binarize_input(x, self.act_grad)
+        return binarize_input(x, self.act_grad, self.channel_dim)
 
     def _branch_bias(self) -> Optional[Tensor]:
         """The bias the conv/linear op adds: with RPReLU its input shift is folded in
@@ -265,10 +275,10 @@ class BinaryLayerMixin:
     def freeze_scale_(self) -> None:
         """Turn a ``mean_abs`` scale into a ``learned`` one holding its current value (the
         output is unchanged); a packed file stores alpha, not the latent magnitudes."""
-        if self.scale_mode == "mean_abs":
+        if self.options.scale == "mean_abs":
             alpha = self.alpha()
             self.scale = nn.Parameter(alpha.clone())
-            self.scale_mode = "learned"
+            self.options = self.options.replace(scale="learned")
 
     # -- packed files --------------------------------------------------------------------
     # A packed file keeps, of a binarized layer, the signs of its latent weight (1 bit each)
@@ -285,7 +295,7 @@ class BinaryLayerMixin:
         alpha = self.alpha()
         if alpha is not None:
             tensors["scale"] = alpha.detach().clone()
-        entry = {"class": type(self).__name__, "weight_shape": list(w.shape), "options": self.options().to_dict(),
+        entry = {"class": type(self).__name__, "weight_shape": list(w.shape), "options": self.options.to_dict(),
                  "stored_scale": "none" if alpha is None else "learned", "bias": self.bias is not None}
         return entry, tensors
 
@@ -295,7 +305,7 @@ class BinaryLayerMixin:
         options = entry["options"]
         got = dict(cls=type(self).__name__, shape=list(self.weight.shape), bias=self.bias is not None,
                    shortcut=self.shortcut, rsign=self.rsign, rprelu=self.rprelu,
-                   scaled=self.scale_mode != "none")
+                   scaled=self.options.scale != "none")
         want = dict(cls=entry["class"], shape=list(entry["weight_shape"]), bias=entry["bias"],
                     shortcut=options["shortcut"], rsign=options.get("rsign", False),
                     rprelu=options.get("rprelu", False), scaled=entry["stored_scale"] != "none")
@@ -340,10 +350,9 @@ class BinaryLayerMixin:
                                       unexpected_keys, error_msgs)
 
     def binary_extra_repr(self) -> str:
-        extra = (", rsign=True" if self.rsign else "") + (", rprelu=True" if self.rprelu else "")
-        return (f"act_grad={self.act_grad}, scale={self.scale_mode}, prior_a={self.prior_a}, "
-                f"shortcut={self.shortcut}, binarize_act={self.binarize_act}, "
-                f"binarize_weight={self.binarize_weight}{extra}")
+        defaults = LayerOptions()
+        return ", ".join(f"{k}={v}" for k, v in self.options.to_dict().items()
+                         if k in ("act_grad", "scale", "prior_a", "shortcut") or v != getattr(defaults, k))
 
 
 class BinaryConv2d(BinaryLayerMixin, nn.Conv2d):
@@ -382,20 +391,23 @@ class BinaryConv2d(BinaryLayerMixin, nn.Conv2d):
         new.train(conv.training)
         return new
 
-    def forward(self, x: Tensor) -> Tensor:
+    def branch(self, x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+        """The binary branch: ``conv(sign(pad(x - beta)), alpha * sign(w)) + bias``, without
+        RPReLU and shortcut (with binarization switched off, the float conv of ``x``)."""
         w = self.effective_weight()
-        if self.binarize_act:
-            xb = self._binary_input(x)
-            pads = self._reversed_padding_repeated_twice
-            if any(pads):
-                if self.padding_mode == "zeros":
-                    xb = F.pad(xb, pads, mode="constant", value=1.0)  # sign(0) = +1
-                else:
-                    xb = F.pad(xb, pads, mode=self.padding_mode)
-            y = F.conv2d(xb, w, self._branch_bias(), self.stride, 0, self.dilation, self.groups)
-        else:
-            y = self._conv_forward(x, w, self._branch_bias())
-        return self._finish(y, x, self.in_channels, self.out_channels)
+        if not self.binarize_act:
+            return self._conv_forward(x, w, bias)
+        xb = self._binary_input(x)
+        pads = self._reversed_padding_repeated_twice
+        if any(pads):
+            if self.padding_mode == "zeros":
+                xb = F.pad(xb, pads, mode="constant", value=1.0)  # sign(0) = +1
+            else:
+                xb = F.pad(xb, pads, mode=self.padding_mode)
+        return F.conv2d(xb, w, bias, self.stride, 0, self.dilation, self.groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._finish(self.branch(x, self._branch_bias()), x, self.in_channels, self.out_channels)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", " + self.binary_extra_repr()
@@ -430,10 +442,13 @@ class BinaryLinear(BinaryLayerMixin, nn.Linear):
         new.train(linear.training)
         return new
 
-    def forward(self, x: Tensor) -> Tensor:
-        w = self.effective_weight()
+    def branch(self, x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+        """The binary branch ``linear(sign(x - beta), alpha * sign(w)) + bias`` (no RPReLU, no shortcut)."""
         xb = self._binary_input(x) if self.binarize_act else x
-        return self._finish(F.linear(xb, w, self.bias), x, self.in_features, self.out_features)
+        return F.linear(xb, self.effective_weight(), bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._finish(self.branch(x, self.bias), x, self.in_features, self.out_features)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", " + self.binary_extra_repr()

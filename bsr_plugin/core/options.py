@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from ..errors import ConfigError
 
-ACT_GRADS = ("approxsign", "ste", "identity")
+ACT_GRADS = ("approxsign", "approxsign_scaled", "ste", "identity")
 SCALES = ("learned", "mean_abs", "none")
 SHORTCUTS = ("auto", "identity", "repeat", "mean", "none")
 
@@ -42,7 +42,9 @@ class LayerOptions:
     Args:
         prior_a: half-width ``a`` of the compact uniform prior U(-a, a) on the latent weight;
             ``None`` trains the latent weight unconstrained (plain BNN).
-        act_grad: activation gradient estimator: ``approxsign`` | ``ste`` | ``identity``.
+        act_grad: activation gradient estimator: ``approxsign`` | ``approxsign_scaled`` (its
+            window stretched to each input channel's mean magnitude in the batch) | ``ste`` |
+            ``identity`` (see :mod:`bsr_plugin.core.binarizers`).
         scale: per-output-channel weight scale: ``learned`` | ``mean_abs`` | ``none``.
         binarize_act: binarize the layer's input (1-bit activations).
         binarize_weight: binarize the layer's weight (1-bit weights).
@@ -54,6 +56,11 @@ class LayerOptions:
         rprelu: a learnable activation on the binary branch, before the shortcut is added:
             ``t = y - gamma; t = t if t >= 0 else slope * t; y = t + zeta`` per output channel
             (ReActNet's RPReLU, placed as in BBCU; slope starts at 0.25, shifts at 0).
+        align: residual alignment ratio ``rho`` for a layer with its own real shortcut: scale
+            calibration (:func:`~bsr_plugin.calibrate_scales_`) makes the binary branch ``rho``
+            times as large as its input (mean magnitudes on the first batch), so the
+            full-precision path dominates (BBCU's residual alignment); ``None``: the branch is
+            calibrated to the float layer's size. Layers without a shortcut ignore it.
     """
 
     prior_a: Optional[float] = 1e-2
@@ -64,12 +71,18 @@ class LayerOptions:
     shortcut: str = "auto"
     rsign: bool = False
     rprelu: bool = False
+    align: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.prior_a is not None:
             if isinstance(self.prior_a, bool) or not isinstance(self.prior_a, (int, float)) or not self.prior_a > 0:
                 raise ConfigError(f"binarize.prior_a must be a number > 0 (or null for no prior), got {self.prior_a!r}")
             object.__setattr__(self, "prior_a", float(self.prior_a))
+        if self.align is not None:
+            if isinstance(self.align, bool) or not isinstance(self.align, (int, float)) or not 0 < self.align <= 10:
+                raise ConfigError(f"binarize.align must be a number in (0, 10] (or null: no alignment), "
+                                  f"got {self.align!r}")
+            object.__setattr__(self, "align", float(self.align))
         check_choice("act_grad", self.act_grad, ACT_GRADS)
         check_choice("scale", self.scale, SCALES)
         check_choice("shortcut", self.shortcut, SHORTCUTS)

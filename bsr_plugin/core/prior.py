@@ -14,21 +14,14 @@ last reading: the quantity the prior exists to keep alive.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .layers import BinaryLayerMixin
-from .registry import is_binary
-
-
-def binary_layers(model: nn.Module) -> Iterator[tuple[str, BinaryLayerMixin]]:
-    """``(name, layer)`` for every binarized layer of ``model``."""
-    for name, mod in model.named_modules():
-        if is_binary(mod):
-            yield name, mod  # type: ignore[misc]
+from .registry import binary_layers
 
 
 def prior_layers(model: nn.Module) -> Iterator[tuple[str, BinaryLayerMixin]]:
@@ -112,66 +105,21 @@ class UniformPriorLoss(nn.Module):
         return loss
 
 
+@torch.no_grad()
+def edge_fraction(model: nn.Module, tol: float = 1e-3) -> Optional[float]:
+    """Fraction of prior-constrained latent weights at the box edge (``|w| >= a (1 - tol)``),
+    over all such layers; ``None`` if there are none. Weights held at the edge by the
+    projection are the ones whose signs the prior keeps from settling."""
+    at_edge, total = 0, 0
+    for _, layer in prior_layers(model):
+        at_edge += int((layer.weight.abs() >= layer.prior_a * (1 - tol)).sum())
+        total += layer.weight.numel()
+    return at_edge / total if total else None
+
+
 def flip_ratios(model: nn.Module, update: bool = True) -> dict[str, float]:
     """Per binarized layer, the fraction of weight signs changed since the last reading."""
     return {name: layer.flip_ratio(update=update) for name, layer in binary_layers(model)}
-
-
-@torch.no_grad()
-def calibrate_scales_(model: nn.Module, *inputs: Any, force: bool = False) -> list[str]:
-    """Fold each binarized layer's input magnitude into its learned weight scale, once.
-
-    A binarized layer sees ``sign(x)``, whatever the magnitude of ``x``: converted from a float
-    layer, its output is ``mean|x|`` times smaller than the float layer's (XNOR-Net's
-    activation scale). In a network whose features are large (EDSR scales images to 0..255)
-    the binary branches would start negligible next to the skips and stay so. This runs
-    ``model(*inputs)`` once on real data and, just before each layer runs, multiplies its
-    learned scale by ``mean|x|`` of its input, so the layers after it see calibrated outputs.
-    The factor is kept in the layer's ``calibrated`` buffer (0 = not calibrated), which is in
-    the state dict: resuming or loading a trained binary checkpoint does not calibrate again,
-    loading float weights resets it.
-
-    Args:
-        model: the binarized network.
-        *inputs: one real input batch (as ``model(*inputs)`` takes it).
-        force: recalibrate layers that are already calibrated: their scale first goes back to
-            the uncalibrated value (divided by the stored factor), so calling this twice gives
-            the same scales as calling it once. A layer whose factor is unknown (calibrated by
-            bsr_plugin 0.1, or loaded from a packed file, whose scales are final) cannot be
-            recalibrated: that is a :class:`ConfigError`.
-
-    Returns:
-        The names of the layers calibrated.
-    """
-    layers = {name: layer for name, layer in binary_layers(model) if layer.scale is not None}
-    todo = {name: layer for name, layer in layers.items() if force or not bool(layer.calibrated)}
-    unknown = [n for n, layer in todo.items() if bool(layer.calibrated) and not torch.isfinite(layer.calibrated)]
-    if unknown:
-        raise ConfigError(f"calibrate_scales_(force=True): the uncalibrated scale of {', '.join(unknown[:3])} is "
-                          "not known (calibrated by an older version, or loaded from a packed file whose scales are "
-                          "final); convert the float network again to recalibrate")
-    for layer in todo.values():
-        if bool(layer.calibrated):
-            layer.scale.div_(layer.calibrated)
-            layer.calibrated.zero_()
-    done: list[str] = []
-    handles = []
-    for name, layer in todo.items():
-        def hook(mod: nn.Module, args: tuple, name: str = name) -> None:
-            if name not in done:  # before the layer runs: what follows sees calibrated outputs
-                factor = args[0].detach().abs().mean().to(mod.calibrated.dtype)
-                if factor > 0:
-                    mod.scale.mul_(factor)
-                    mod.calibrated.copy_(factor)
-                done.append(name)
-        handles.append(layer.register_forward_pre_hook(hook))
-    try:
-        with torch.random.fork_rng(devices=[]):
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return [n for n in done if bool(layers[n].calibrated)]
 
 
 def set_binarization(model: nn.Module, act: Optional[bool] = None, weight: Optional[bool] = None) -> None:

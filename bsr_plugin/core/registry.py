@@ -13,7 +13,7 @@ registered binarized type.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 from torch import nn
 
@@ -64,3 +64,10 @@ def binary_types() -> tuple[type[nn.Module], ...]:
 def is_binary(module: nn.Module) -> bool:
     """True for a binarized layer (any registered binarized type)."""
     return isinstance(module, binary_types())
+
+
+def binary_layers(model: nn.Module) -> Iterator[tuple[str, Any]]:
+    """``(name, layer)`` for every binarized layer of ``model`` (the one listing of them)."""
+    for name, mod in model.named_modules():
+        if is_binary(mod):
+            yield name, mod

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.prior import binary_layers
+from ..core.registry import binary_layers
 from ..core.tracer import WEIGHT_OPS, CallTracer, TraceListener, operands, trace
 from ..errors import BsrError
 
