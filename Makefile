@@ -11,7 +11,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 ENGINE_SOURCES := $(wildcard bsr_plugin/deploy/engine/csrc/*) bsr_plugin/deploy/engine/build.py
 
-$(BIN)/.installed: setup.cfg pyproject.toml setup.py $(ENGINE_SOURCES)
+$(BIN)/.installed: pyproject.toml setup.py $(ENGINE_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "setuptools>=64" wheel
 	$(BIN)/pip install -q $(TORCH_PINS)

@@ -1,4 +1,4 @@
-"""Only the optional C++ extension of the packed engine; the metadata lives in setup.cfg.
+"""Only the optional C++ extension of the packed engine; the metadata lives in pyproject.toml.
 
 ``pip install --no-build-isolation -e ".[all,test]"`` compiles ``bsr_plugin.deploy.engine._C``
 in place. Without torch at build time or without a working compiler the install still

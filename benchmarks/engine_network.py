@@ -61,7 +61,7 @@ def _as_if_trained(net: nn.Module) -> nn.Module:
 def make_packed_files(folder: Path) -> dict[str, Path]:
     """One packed EDSR-baseline x4 per variant (the body binarized; the upsampler too)."""
     from bsr_plugin import export_packed
-    from bsr_plugin.basicsr_ext.archs import EDSRBin
+    from bsr_plugin.integrations.basicsr.archs import EDSRBin
 
     files = {}
     for name, binarize in VARIANTS.items():
@@ -80,8 +80,8 @@ def network(name: str, files: dict[str, Path]) -> nn.Module:
     runs it), ``<variant>/engine`` or ``<variant>/simulation``; a ``@channels_last`` suffix
     puts the network (and, in :func:`input_for`, its input) in channels_last memory format."""
     from bsr_plugin import load_packed
-    from bsr_plugin.basicsr_ext.archs import build_float_arch
     from bsr_plugin.deploy.engine.bands import band_upsamplers
+    from bsr_plugin.integrations.basicsr.archs import build_float_arch
 
     base = name.removesuffix(CL)
     if base in ("float", BANDED):

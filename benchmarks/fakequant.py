@@ -18,8 +18,8 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from bsr_plugin.basicsr_ext import register as register_bsr
-from bsr_plugin.basicsr_ext.archs import EDSRBin, build_float_arch
+from bsr_plugin.integrations.basicsr import register as register_bsr
+from bsr_plugin.integrations.basicsr.archs import EDSRBin, build_float_arch
 
 
 def _round_ste(x: Tensor) -> Tensor:

@@ -344,7 +344,7 @@ def score_sets(upscale: Callable[[Any], Any], datasets: Path, sets: tuple[str, .
     """Mean Y-channel PSNR/SSIM of ``upscale`` on each benchmark set (its LR files)."""
     from basicsr.data import build_dataset
 
-    from bsr_plugin.basicsr_ext.evaluation import score
+    from bsr_plugin.integrations.basicsr.evaluation import score
 
     return {name: score(upscale, build_dataset({
         "name": name, "type": "PairedImageDataset", "phase": "test", "scale": scale,
@@ -356,8 +356,8 @@ def evaluate(opt: dict[str, Any], checkpoint: Path, datasets: Path, sets: tuple[
     """The trained network's scores (its ``net_g_latest.pth``)."""
     from basicsr.archs import build_network
 
-    from bsr_plugin.basicsr_ext.compat import checkpoint_state
-    from bsr_plugin.basicsr_ext.evaluation import network_upscaler
+    from bsr_plugin.integrations.basicsr.compat import checkpoint_state
+    from bsr_plugin.integrations.basicsr.evaluation import network_upscaler
 
     net = build_network(opt["network_g"])
     net.load_state_dict(checkpoint_state(checkpoint, "params"))
@@ -366,7 +366,7 @@ def evaluate(opt: dict[str, Any], checkpoint: Path, datasets: Path, sets: tuple[
 
 def bicubic_metrics(datasets: Path, sets: tuple[str, ...], scale: int) -> dict[str, dict]:
     """Scores of MATLAB-style bicubic upsampling."""
-    from bsr_plugin.basicsr_ext.evaluation import bicubic_upscaler
+    from bsr_plugin.integrations.basicsr.evaluation import bicubic_upscaler
 
     return score_sets(bicubic_upscaler(scale), datasets, sets, scale)
 
@@ -390,7 +390,7 @@ def training_step(opt: dict[str, Any], preset: Preset) -> Callable[[], None]:
     binary = opt["model_type"] == "BinarySRModel"
     distiller = None
     if opt["train"].get("distill"):
-        from bsr_plugin.basicsr_ext.distill import Distiller
+        from bsr_plugin.integrations.basicsr.distill import Distiller
 
         d = opt["train"]["distill"]
         distiller = Distiller(build_network(dict(d["network"])), net, d["output_weight"], d["feature_weight"],

@@ -3,11 +3,12 @@ compact uniform prior, real identity shortcuts and pixel-wise curriculum learnin
 Zhang, Lang, Wei and Zhang, "Embarrassingly Simple Binarization for Deep Single Imagery
 Super-Resolution Networks", IEEE TIP 30, 2021.
 
-Layers (dependencies run one way, upward): :mod:`bsr_plugin.core` (binarized layers, prior,
-curriculum), :mod:`bsr_plugin.conversion` (``convert``), :mod:`bsr_plugin.deploy` (counts,
-checks, packed files, the CPU engine, ONNX, the ``bsr`` command), and the toolkit
-integrations ``bsr_plugin.basicsr_ext``, ``bsr_plugin.mmcv_ext``, ``bsr_plugin.timm_ext``,
-which load only when imported. This package needs only torch, numpy and pyyaml::
+Tiers (dependencies run one way, upward): :mod:`bsr_plugin.core` (binarized layers, prior,
+curriculum, calibration), :mod:`bsr_plugin.conversion` (``convert``),
+:mod:`bsr_plugin.analysis` (counts, the binary check), :mod:`bsr_plugin.deploy` (packed
+files, the CPU engine, ONNX, the ``bsr`` command), and the toolkit integrations in
+:mod:`bsr_plugin.integrations` (``basicsr``, ``mmcv``, ``timm``), which load only when
+imported. This package needs only torch, numpy and pyyaml::
 
     import bsr_plugin
     binary_net = bsr_plugin.convert(float_net)            # or convert(net, prior_a=1e-3, ...)
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import logging
 
+from .analysis.check import BinaryCheck, BinaryCheckError, check_binary
+from .analysis.complexity import LayerSummary, ModelSummary, summary
 from .conversion import DEFAULT_RULES, BinarizeConfig, ConversionReport, LayerDecision, convert, register_fixup
 from .core import (
     BinaryConv2d,
@@ -41,13 +44,10 @@ from .core import (
     sign,
 )
 from .deploy.builders import register_builder
-from .deploy.check import BinaryCheck, BinaryCheckError, check_binary
-from .deploy.complexity import LayerSummary, ModelSummary, summary
 from .deploy.onnx_export import export_onnx
 from .deploy.packed import PackedInfo, export_packed, load_packed, read_packed
 from .errors import BsrError, BuilderError, CheckpointError, CLIError, ConfigError, OptionsError, PackedFormatError
-
-__version__ = "0.2.0"
+from .version import __version__
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

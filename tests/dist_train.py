@@ -8,9 +8,9 @@ import sys
 
 import torch
 
-from bsr_plugin.basicsr_ext import register
-from bsr_plugin.basicsr_ext.cli import main
-from bsr_plugin.basicsr_ext.models import BinarySRModel
+from bsr_plugin.integrations.basicsr import register
+from bsr_plugin.integrations.basicsr.cli import main
+from bsr_plugin.integrations.basicsr.models import BinarySRModel
 
 
 class RankDumpSRModel(BinarySRModel):

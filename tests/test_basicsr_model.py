@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-import bsr_plugin.basicsr_ext  # noqa: F401  (registers)
+import bsr_plugin.integrations.basicsr  # noqa: F401  (registers)
 from bsr_plugin import is_binary
-from bsr_plugin.basicsr_ext import register
+from bsr_plugin.integrations.basicsr import register
 
 from .nets import assert_initialised_from
 

@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from bsr_plugin import binary_layers, load_packed
-from bsr_plugin.basicsr_ext.archs import EDSRBin
 from bsr_plugin.deploy.cli import main
+from bsr_plugin.integrations.basicsr.archs import EDSRBin
 
 NET = dict(type="EDSRBin", num_feat=8, num_block=1, upscale=2)
 

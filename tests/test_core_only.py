@@ -84,7 +84,7 @@ def basicsr_pack(tmp_path_factory) -> Path:
     from .nets import needs_basicsr
 
     needs_basicsr()
-    from bsr_plugin.basicsr_ext.archs import EDSRBin
+    from bsr_plugin.integrations.basicsr.archs import EDSRBin
 
     path = tmp_path_factory.mktemp("bsr_pack") / "edsr.bsrpack"
     bsr_plugin.export_packed(EDSRBin(num_feat=8, num_block=1, upscale=2), path)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bsr_plugin.basicsr_ext.datasets import BicubicPairDataset
+from bsr_plugin.integrations.basicsr.datasets import BicubicPairDataset
 
 
 def _lr_file(hr_path: str, scale: int) -> np.ndarray:

@@ -16,16 +16,13 @@ from .conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-def test_make_demo_runs_bsr_demo():
-    recipe = subprocess.run(["make", "-n", "-C", str(REPO), "demo", "BIN=.venv/bin"], capture_output=True,
-                            text=True).stdout
-    assert ".venv/bin/bsr demo" in recipe
-
-
-def test_demo_beats_bicubic(tmp_path):
-    bsr = str(Path(sys.executable).parent / "bsr")
-    res = subprocess.run([bsr, "demo", "--workdir", str(tmp_path / "demo")], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=1500)
+def test_make_demo_beats_bicubic(tmp_path):
+    """The README's ``make demo``, run for real in this environment (``-o`` keeps make from
+    reinstalling it), with its output in ``tmp_path``."""
+    venv = Path(sys.executable).parent.parent
+    res = subprocess.run(["make", "-C", str(REPO), "-o", f"{venv}/bin/.installed", "demo", f"VENV={venv}",
+                          f"DEMO_ARGS=--workdir {tmp_path / 'demo'}"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=550)
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout
     bicubic = float(re.search(r"bicubic\s+([0-9.]+)", out).group(1))

@@ -24,9 +24,9 @@ from bsr_plugin import (
     read_packed,
     summary,
 )
-from bsr_plugin.basicsr_ext.archs import EDSRBin
 from bsr_plugin.conversion.config import DEFAULT_RULES
 from bsr_plugin.core.bits import pack_signs, packed_size, unpack_bits
+from bsr_plugin.integrations.basicsr.archs import EDSRBin
 
 UPSAMPLER_RULES = [{a: p} for a, p in DEFAULT_RULES] + [{"keep": "conv_after_body"}, {"binarize": "upsampler"}]
 

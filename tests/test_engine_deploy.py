@@ -41,7 +41,7 @@ def _as_if_trained(net: nn.Module) -> nn.Module:
 @pytest.fixture(scope="module")
 def edsr_pack(tmp_path_factory) -> Path:
     needs_basicsr()
-    from bsr_plugin.basicsr_ext.archs import EDSRBin
+    from bsr_plugin.integrations.basicsr.archs import EDSRBin
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("engine") / "edsr_x4.bsrpack"
@@ -69,7 +69,7 @@ def test_loaded_network_holds_bits_not_latent_weights(edsr_pack):
 
 def test_set5_psnr_equal_on_both_engines(edsr_pack, datasets_dir):
     from benchmarks.sr_benchmark import score_sets
-    from bsr_plugin.basicsr_ext.evaluation import network_upscaler
+    from bsr_plugin.integrations.basicsr.evaluation import network_upscaler
 
     scores = {engine: score_sets(network_upscaler(load_packed(edsr_pack, engine=engine)), datasets_dir, ("Set5",),
                                  4)["Set5"]["psnr"] for engine in ("packed", "float")}

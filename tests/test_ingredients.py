@@ -103,7 +103,7 @@ def test_state_dict_packed_and_onnx_round_trips(options, tmp_path):
 
 def test_bbcu_block_has_a_shortcut_per_conv_and_no_block_skip():
     needs_basicsr()
-    from bsr_plugin.basicsr_ext.archs import EDSRBin, ShortcutUnitBlock
+    from bsr_plugin.integrations.basicsr.archs import EDSRBin, ShortcutUnitBlock
 
     plain = EDSRBin(num_feat=8, num_block=2, upscale=2)
     bbcu = EDSRBin(num_feat=8, num_block=2, upscale=2, block="bbcu", binarize={"rprelu": True})
@@ -145,7 +145,7 @@ def test_distillation_teacher_is_frozen_and_never_saved(tmp_path):
     needs_basicsr()
     from basicsr.archs.edsr_arch import EDSR
 
-    import bsr_plugin.basicsr_ext  # noqa: F401
+    import bsr_plugin.integrations.basicsr  # noqa: F401
 
     teacher = EDSR(3, 3, num_feat=8, num_block=2, upscale=2)
     torch.save({"params": teacher.state_dict()}, tmp_path / "teacher.pth")
@@ -174,7 +174,7 @@ def test_distillation_refuses_a_missing_feature_module(tmp_path):
     needs_basicsr()
     from basicsr.archs.edsr_arch import EDSR
 
-    import bsr_plugin.basicsr_ext  # noqa: F401
+    import bsr_plugin.integrations.basicsr  # noqa: F401
 
     torch.save({"params": EDSR(3, 3, num_feat=8, num_block=2, upscale=2).state_dict()}, tmp_path / "t.pth")
     with pytest.raises(bsr_plugin.OptionsError, match="match no module of the student"):

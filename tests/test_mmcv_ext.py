@@ -13,8 +13,9 @@ pytest.importorskip("mmengine")
 mmcv_cnn = pytest.importorskip("mmcv.cnn")
 
 import bsr_plugin  # noqa: E402
-from bsr_plugin import BinaryConv2d, BinaryLinear, check_binary, is_binary, mmcv_ext  # noqa: E402
+from bsr_plugin import BinaryConv2d, BinaryLinear, check_binary, is_binary  # noqa: E402
 from bsr_plugin.core.bits import pack_signs  # noqa: E402
+from bsr_plugin.integrations import mmcv as mmcv_ext  # noqa: E402
 
 from .nets import assert_converted_network_works  # noqa: E402
 

@@ -63,20 +63,20 @@ SCRIPT = textwrap.dedent('''
 
     def basicsr():
         import torch
-        import bsr_plugin.basicsr_ext.archs as archs
+        import bsr_plugin.integrations.basicsr.archs as archs
         net = archs.EDSRBin(num_feat=8, num_block=1, upscale=2)
         y = net(torch.rand(1, 3, 6, 6))
         return [list(y.shape), net.bsr_report.binarized]
 
     def mmcv_ext():
-        import bsr_plugin.mmcv_ext  # noqa: F401
+        import bsr_plugin.integrations.mmcv  # noqa: F401
 
     def timm_import():
-        import bsr_plugin.timm_ext  # noqa: F401
+        import bsr_plugin.integrations.timm  # noqa: F401
         return "imported"
 
     def timm_use():
-        from bsr_plugin.timm_ext import create_binarized_model
+        from bsr_plugin.integrations.timm import create_binarized_model
         create_binarized_model("resnet10t")
 
     for key, fn in [("blocked", blocked), ("core", core), ("basicsr", basicsr), ("mmcv_ext", mmcv_ext),

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bsr_plugin.basicsr_ext.cli import parse_options
-from bsr_plugin.basicsr_ext.options_check import check_options
+from bsr_plugin.integrations.basicsr.cli import parse_options
+from bsr_plugin.integrations.basicsr.options_check import check_options
 
 from .conftest import REPO
 

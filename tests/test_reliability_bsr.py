@@ -21,8 +21,8 @@ import torch
 import yaml
 
 from bsr_plugin import PackedFormatError, binary_layers, calibrate_scales_, export_packed, load_packed
-from bsr_plugin.basicsr_ext.archs import EDSRBin
 from bsr_plugin.deploy.cli import main
+from bsr_plugin.integrations.basicsr.archs import EDSRBin
 
 from .reliability import (
     BSR,
@@ -260,7 +260,7 @@ def test_file_size_limit(work: Path) -> None:
 
 OOM_RUNNER = """
 import resource, sys
-import bsr_plugin.basicsr_ext, bsr_plugin.deploy.engine.modules
+import bsr_plugin.integrations.basicsr, bsr_plugin.deploy.engine.modules
 from bsr_plugin.deploy.cli import main
 vm = int(next(l for l in open('/proc/self/status') if l.startswith('VmSize')).split()[1]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + int(sys.argv[1]), resource.RLIM_INFINITY))

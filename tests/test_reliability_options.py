@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from bsr_plugin.basicsr_ext.cli import main as basicsr_main
+from bsr_plugin.integrations.basicsr.cli import main as basicsr_main
 
 from .basicsr_runs import small_test_options, small_train_options, write
 from .reliability import assert_refused, snapshot, write_png
@@ -201,7 +201,7 @@ def test_train_preflight(case: str, root: Path, datasets_dir: Path, capsys: pyte
 @pytest.fixture
 def checkpoint(root: Path) -> Path:
     """Weights of the network of ``small_test_options`` (EDSRBin, 8 features, 2 blocks, x4)."""
-    from bsr_plugin.basicsr_ext.archs import EDSRBin
+    from bsr_plugin.integrations.basicsr.archs import EDSRBin
 
     path = root / "net_g.pth"
     torch.save({"params": EDSRBin(num_feat=8, num_block=2, upscale=4).state_dict()}, path)
@@ -209,7 +209,7 @@ def checkpoint(root: Path) -> Path:
 
 
 def _wrong_weights(opt: dict, root: Path) -> None:
-    from bsr_plugin.basicsr_ext.archs import EDSRBin
+    from bsr_plugin.integrations.basicsr.archs import EDSRBin
 
     torch.save({"params": EDSRBin(num_feat=16, num_block=2, upscale=4).state_dict()}, root / "other.pth")
     opt["path"]["pretrain_network_g"] = str(root / "other.pth")
@@ -217,7 +217,7 @@ def _wrong_weights(opt: dict, root: Path) -> None:
 
 def _packed_weights(opt: dict, root: Path) -> None:
     from bsr_plugin import export_packed
-    from bsr_plugin.basicsr_ext.archs import EDSRBin
+    from bsr_plugin.integrations.basicsr.archs import EDSRBin
 
     export_packed(EDSRBin(num_feat=8, num_block=2, upscale=4), root / "net.bsrpack")
     opt["path"]["pretrain_network_g"] = str(root / "net.bsrpack")
@@ -321,7 +321,7 @@ def test_preflight_scans_every_image_quickly(root: Path, datasets_dir: Path, cap
 
 
 def test_a_good_file_passes_the_preflight(root: Path, datasets_dir: Path) -> None:
-    from bsr_plugin.basicsr_ext.cli import preflight
+    from bsr_plugin.integrations.basicsr.cli import preflight
 
     yml = write(small_train_options("edsr_bin.yml", datasets_dir), root / "opt.yml")
     preflight(["-opt", str(yml), "--force_yml", "train:total_iter=6", "name=ok_x4"], True)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bsr_plugin import CheckpointError
-from bsr_plugin.basicsr_ext import compat
+from bsr_plugin.integrations.basicsr import compat
 
 from .basicsr_runs import load_yaml, read_logs, run_basicsr, small_train_options, write
 from .reliability import FULL_DISK, UNSAFE_ENV, InterruptedWrite, assert_refused, code_running_checkpoint, snapshot

@@ -14,9 +14,9 @@ import torch
 import yaml
 
 from bsr_plugin import CheckpointError
-from bsr_plugin.basicsr_ext.cli import main as basicsr_main
-from bsr_plugin.basicsr_ext.compat import checkpoint_state, patch_runtime, safe_torch_load
 from bsr_plugin.deploy.cli import main as bsr_main
+from bsr_plugin.integrations.basicsr.cli import main as basicsr_main
+from bsr_plugin.integrations.basicsr.compat import checkpoint_state, patch_runtime, safe_torch_load
 
 from .basicsr_runs import small_test_options, small_train_options, write
 from .reliability import BASICSR, UNSAFE_ENV, assert_refused, code_running_checkpoint, run, snapshot
@@ -176,7 +176,7 @@ def test_basicsr_load_network_is_the_safe_one(root: Path) -> None:
     """BaseModel.load_network (pretrain_network_g, resumed networks) loads weights only after patch_runtime."""
     from basicsr.models.base_model import BaseModel
 
-    from bsr_plugin.basicsr_ext.archs import EDSRBin
+    from bsr_plugin.integrations.basicsr.archs import EDSRBin
 
     patch_runtime()
     code_running_checkpoint(root / "evil.pth", root / "MARKER")

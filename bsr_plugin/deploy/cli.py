@@ -34,10 +34,10 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import nn
 
+from ..analysis.check import check_binary
+from ..analysis.complexity import CONVENTIONS, summary
 from ..errors import BsrError, CLIError
 from .builders import builder_from_reference, get_builder
-from .check import check_binary
-from .complexity import CONVENTIONS, summary
 from .file_format import SUFFIX
 from .inference import IMAGE_SUFFIXES, Progress, check_output_path, read_image, tiles_of, upscale, write_image
 from .packed import ENGINES, export_packed, load_packed

@@ -237,7 +237,7 @@ def _header(path: Any, data: bytes) -> tuple[int, int, int]:
         raise refuse(path, f"truncated: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
     _, version, manifest_n, blobs_n = _HEADER.unpack_from(data)
     if version not in READABLE_VERSIONS:
-        from .. import __version__
+        from ..version import __version__
 
         raise refuse(path, f"packed format version {version}, but this bsr_plugin ({__version__}) reads format "
                            f"versions {', '.join(map(str, READABLE_VERSIONS))}; load it with the bsr_plugin version "

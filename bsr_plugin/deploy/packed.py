@@ -16,7 +16,7 @@ What is stored, and what comes back:
   full-precision layers, buffers): in its own dtype, or fp16 for floating tensors with
   ``fp16=True``; the training records ``sign_ref`` and ``calibrated`` are not stored.
 * how to build the network again: the binarize config and ``model.bsr_build`` (``{"builder":
-  name, "spec": {...}}``, set by the BasicSR architectures and ``timm_ext``), resolved through
+  name, "spec": {...}}``, set by the BasicSR architectures and ``integrations.timm``), resolved through
   :mod:`bsr_plugin.deploy.builders` when the file is loaded.
 
 Exactness: binarized convs pad their *binarized* input with +1 (``sign(0) = +1``), so every
@@ -109,7 +109,7 @@ def _packable_layers(model: nn.Module) -> list[tuple[str, BinaryLayerMixin]]:
 
 
 def _manifest(model: nn.Module, layer_entries: list[dict], blobs: Blobs, fp16: bool) -> dict[str, Any]:
-    from .. import __version__
+    from ..version import __version__
 
     config = getattr(model, "bsr_config", None)
     return {
@@ -125,7 +125,7 @@ def export_packed(model: nn.Module, path: PathLike, *, fp16: bool = False) -> Pa
 
     Args:
         model: a binarized network (from :func:`bsr_plugin.convert`, a BasicSR ``*Bin``
-            architecture or ``timm_ext``). Every binarized layer must have weight and
+            architecture or ``integrations.timm``). Every binarized layer must have weight and
             activation binarization switched on.
         path: the file to write (conventionally ``*.bsrpack``); written atomically.
         fp16: store floating full-precision tensors in fp16 (smaller; the loaded network is

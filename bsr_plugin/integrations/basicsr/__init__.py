@@ -37,7 +37,7 @@ def register() -> None:
 
 def register_builder() -> None:
     """Register the ``basicsr`` network builder (the entry point ``bsr_plugin.builders``)."""
-    from ..deploy.builders import register_builder as register
+    from ...deploy.builders import register_builder as register
     from .network import build_from_spec, network_from_options
 
     register("basicsr", build_from_spec, from_options=network_from_options,

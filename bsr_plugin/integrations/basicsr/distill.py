@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import OptionsError
+from ...errors import OptionsError
 
 DISTILL_KEYS = ("network", "pretrain", "param_key", "strict_load", "output_weight", "feature_weight", "features")
 

@@ -17,8 +17,8 @@ import types
 from pathlib import Path
 from typing import Any, NoReturn, Optional, Sequence
 
-from ..errors import CheckpointError, OptionsError
-from ..fileio import atomic_write
+from ...errors import CheckpointError, OptionsError
+from ...fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -424,8 +424,8 @@ def _init_dist(launcher: str, backend: str | None = None, **kwargs) -> None:
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise OptionsError(f"--launcher pytorch needs the variables torchrun sets ({', '.join(missing)} missing): "
-                           "start it as torchrun --nproc_per_node=N -m bsr_plugin.basicsr_ext.cli train -opt X.yml "
-                           "--launcher pytorch")
+                           "start it as torchrun --nproc_per_node=N -m bsr_plugin.integrations.basicsr.cli train "
+                           "-opt X.yml --launcher pytorch")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", os.environ["RANK"])) % torch.cuda.device_count())
         backend = backend or "nccl"

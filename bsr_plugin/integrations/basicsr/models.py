@@ -15,7 +15,7 @@ Options under ``train:`` besides SRModel's:
   its value at the end (fewer sign flips late in training; absent: ``a`` stays fixed).
 * ``pixel_opt`` of type ``CurriculumL1Loss`` gets its progress (iteration / total_iter).
 * ``distill``: distillation from a frozen full-precision teacher (see
-  :mod:`bsr_plugin.basicsr_ext.distill`): ``l_distill_out`` (output L1) and ``l_distill_feat``
+  :mod:`bsr_plugin.integrations.basicsr.distill`): ``l_distill_out`` (output L1) and ``l_distill_feat``
   (normalised features of modules of the same name) join the loss. The teacher is not part of
   ``net_g``: it is never trained, saved, validated or exported.
 
@@ -35,7 +35,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from ..core import (
+from ...core import (
     binary_layers,
     branch_ratios,
     calibrate_scales_,
@@ -44,8 +44,8 @@ from ..core import (
     scale_parameters,
     set_binarization,
 )
-from ..core.prior import edge_fraction
-from ..errors import OptionsError
+from ...core.prior import edge_fraction
+from ...errors import OptionsError
 from .compat import _load_network, import_basicsr
 from .distill import Distiller, check_distill_options
 

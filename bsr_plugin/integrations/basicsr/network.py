@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 
 from torch import nn
 
-from ..errors import CheckpointError, OptionsError
+from ...errors import CheckpointError, OptionsError
 from .compat import checkpoint_state, read_options
 
 logger = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from typing import Any, Mapping, Optional
 
 from torch import Tensor, nn
 
-from ..conversion import DEFAULT_RULES, BinarizeConfig, convert
-from ..errors import ConfigError
+from ...conversion import DEFAULT_RULES, BinarizeConfig, convert
+from ...errors import ConfigError
 from .compat import import_basicsr
 
 BLOCKS = ("residual", "bbcu")

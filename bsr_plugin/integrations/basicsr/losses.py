@@ -7,9 +7,9 @@ from typing import Optional
 
 from torch import Tensor
 
-from ..core.curriculum import PixelCurriculumL1
-from ..core.prior import UniformPriorLoss
-from ..errors import ConfigError
+from ...core.curriculum import PixelCurriculumL1
+from ...core.prior import UniformPriorLoss
+from ...errors import ConfigError
 
 
 class CurriculumL1Loss(PixelCurriculumL1):

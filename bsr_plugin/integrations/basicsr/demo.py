@@ -105,7 +105,7 @@ def _val_dataset(opt: dict) -> Any:
 
 def deploy(opt: dict, checkpoint: Path, workdir: Path) -> tuple[Any, int]:
     """The trained network as a packed file, loaded back on the packed engine (where built)."""
-    from ..deploy.packed import export_packed, load_packed
+    from ...deploy.packed import export_packed, load_packed
     from .network import build_from_spec, load_weights
 
     net = build_from_spec(opt["network_g"])
@@ -154,8 +154,8 @@ def side_by_side(net: Any, dataset: Any, scale: int, path: Path) -> Path:
 def evaluate(opt: dict, checkpoint: Path, workdir: Path) -> DemoResult:
     """Scores of the deployed network (packed file, packed engine) and of bicubic on the val
     photos, the engine's time against the float network, and the side-by-side picture."""
-    from ..deploy.engine.bench import float_twin
-    from ..deploy.packed import load_packed
+    from ...deploy.engine.bench import float_twin
+    from ...deploy.packed import load_packed
     from .evaluation import bicubic_upscaler, network_upscaler, score
 
     scale = opt["scale"]

@@ -7,7 +7,7 @@ BasicSR's flags pass through: ``--auto_resume``, ``--debug``, ``--force_yml k:k=
 imports a module first, so custom architectures, losses or models it registers can be named
 in the YAML (what BasicSR-based projects do in their own ``train.py``). The current directory is the root:
 ``experiments/<name>`` (training) and ``results/<name>`` (testing) are written under it.
-Multi-process: ``torchrun --nproc_per_node=N -m bsr_plugin.basicsr_ext.cli train -opt X.yml
+Multi-process: ``torchrun --nproc_per_node=N -m bsr_plugin.integrations.basicsr.cli train -opt X.yml
 --launcher pytorch`` (NCCL on GPUs, gloo on CPU).
 """
 
@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Any, Iterator, Optional, Sequence
 
-from ..errors import BsrError, CLIError
+from ...errors import BsrError, CLIError
 
 USAGE = """usage: basicsr {train,test} -opt OPTIONS.yml [--plugin MODULE ...] [BasicSR flags]
 
@@ -45,7 +45,7 @@ def _pop_plugins(args: list[str]) -> list[str]:
 
 def parse_options(argv: Sequence[str], is_train: bool) -> dict[str, Any]:
     """The options of ``-opt X.yml [flags]`` exactly as the pipeline will see them (the plugin's
-    safe equivalent of BasicSR's parser, :func:`~bsr_plugin.basicsr_ext.compat.parse_options`:
+    safe equivalent of BasicSR's parser, :func:`~bsr_plugin.integrations.basicsr.compat.parse_options`:
     force_yml, scale, paths, num_gpu auto), without starting a distributed process group."""
     from .compat import parse_options as parse
 

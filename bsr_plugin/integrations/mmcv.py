@@ -4,7 +4,8 @@ Importing this module registers :class:`~bsr_plugin.BinaryConv2d` as ``BinaryCon
 :class:`~bsr_plugin.BinaryLinear` as ``BinaryLinear`` (names MMCV does not use), so configs
 build them like any MMCV layer, with the plugin's options beside the usual arguments::
 
-    import bsr_plugin.mmcv_ext  # noqa: F401  (or custom_imports=dict(imports=['bsr_plugin.mmcv_ext']))
+    import bsr_plugin.integrations.mmcv  # noqa: F401
+    # (or in a config: custom_imports=dict(imports=['bsr_plugin.integrations.mmcv']))
     from mmcv.cnn import ConvModule, build_conv_layer
 
     conv = build_conv_layer(dict(type="BinaryConv2d", prior_a=1e-3), 64, 64, 3, padding=1)
@@ -26,9 +27,9 @@ from typing import Any
 
 from torch import nn
 
-from .conversion import ConversionReport, register_fixup
-from .core.layers import BinaryConv2d, BinaryLinear
-from .core.registry import is_binary
+from ..conversion import ConversionReport, register_fixup
+from ..core.layers import BinaryConv2d, BinaryLinear
+from ..core.registry import is_binary
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def models_registry() -> Any:
         import mmcv.cnn  # noqa: F401  (registers MMCV's layers, so a name clash is seen here)
         from mmengine.registry import MODELS
     except ImportError as err:
-        raise ImportError(f"bsr_plugin.mmcv_ext needs mmcv and mmengine ({err}); install them with "
+        raise ImportError(f"bsr_plugin.integrations.mmcv needs mmcv and mmengine ({err}); install them with "
                           f"{INSTALL_HINT}") from err
     return MODELS
 

@@ -17,8 +17,8 @@ from typing import Any, Iterable, Mapping, Optional
 import torch
 from torch import nn
 
-from ..conversion import BinarizeConfig
-from ..errors import CheckpointError, ConfigError, OptionsError
+from ...conversion import BinarizeConfig
+from ...errors import CheckpointError, ConfigError, OptionsError
 from .compat import checkpoint_state, import_basicsr
 
 TOP_KEYS = {"name", "model_type", "scale", "num_gpu", "manual_seed", "datasets", "network_g", "network_d", "path",
@@ -231,7 +231,7 @@ def _check_network(opt: Mapping[str, Any], problems: list[str]) -> Optional[nn.M
         return None
     from basicsr.archs import build_network
 
-    from ..core.registry import is_binary
+    from ...core.registry import is_binary
 
     try:
         built = build_network(dict(net))

@@ -4,7 +4,7 @@
 followed by :func:`bsr_plugin.convert`; the result is still the timm class, so timm's own
 methods (``forward_features``, ``reset_classifier``, ...) keep working::
 
-    from bsr_plugin.timm_ext import create_binarized_model
+    from bsr_plugin.integrations.timm import create_binarized_model
     net = create_binarized_model("resnet18", num_classes=10, binarize={"prior_a": 1e-3})
     print(net.bsr_report)
 
@@ -26,9 +26,9 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
-from .conversion import BinarizeConfig, convert
-from .conversion.dataflow import default_probe
-from .errors import BuilderError
+from ..conversion import BinarizeConfig, convert
+from ..conversion.dataflow import default_probe
+from ..errors import BuilderError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def import_timm() -> Any:
     try:
         import timm
     except ImportError as err:
-        raise ImportError(f"bsr_plugin.timm_ext needs timm ({err}); install it with {INSTALL_HINT}") from err
+        raise ImportError(f"bsr_plugin.integrations.timm needs timm ({err}); install it with {INSTALL_HINT}") from err
     return timm
 
 
@@ -133,7 +133,7 @@ def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
 
 def register_builder() -> None:
     """Register the ``timm`` network builder (the entry point ``bsr_plugin.builders``)."""
-    from .deploy.builders import register_builder as register
+    from ..deploy.builders import register_builder as register
 
     register("timm", build_from_spec, description="a timm model name and its keyword arguments")
 
