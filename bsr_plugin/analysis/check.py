@@ -97,7 +97,7 @@ class _OperandCheck(TraceListener):
     def enter(self, name: str, module: nn.Module, args: tuple) -> None:
         check = self.results[name]
         check.calls += 1
-        if not (module.binarize_act and module.binarize_weight):
+        if not module.fully_binary:
             off = [k for k in ("act", "weight") if not getattr(module, f"binarize_{k}")]
             msg = f"binarization switched off: {', '.join(off)}"
             if msg not in check.problems:

@@ -259,7 +259,7 @@ def _layer_rows(model: nn.Module) -> dict[str, LayerSummary]:
         row = LayerSummary(name, type(mod).__name__)
         binary = is_binary(mod)
         binary_weight = binary and getattr(mod, "binarize_weight", True)
-        row.binary = bool(binary and mod.binarize_weight and mod.binarize_act)
+        row.binary = bool(binary and mod.fully_binary)
         for pname, p in mod.named_parameters(recurse=False):
             if id(p) in seen:
                 continue
@@ -304,7 +304,7 @@ def _coverage_notes(rows: dict[str, LayerSummary], modules: dict[str, nn.Module]
     if silent:
         notes.append(f"{len(silent)} binarized layers did not run in the forward pass: {', '.join(silent[:4])}"
                      f"{' ...' if len(silent) > 4 else ''}")
-    half = [n for n, m in modules.items() if is_binary(m) and not (m.binarize_act and m.binarize_weight)]
+    half = [n for n, m in modules.items() if is_binary(m) and not m.fully_binary]
     if half:
         notes.append(f"{len(half)} binarized layers have binarization switched off and count as full precision "
                      f"(their MACs; a binarized weight still counts 1 bit): {', '.join(half[:4])}")

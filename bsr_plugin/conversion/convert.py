@@ -13,8 +13,8 @@ from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
-from ..core.layers import conv_keeps_size, shortcut_for
 from ..core.registry import binary_type_for, float_types, is_binary
+from ..core.replace import replace_by_identity
 from ..errors import ConfigError
 from .config import KEYWORDS, BinarizeConfig
 from .dataflow import DataflowGraph, default_probe, record_dataflow, weight_layer_names
@@ -155,28 +155,10 @@ def _decide(model: nn.Module, config: BinarizeConfig, layers: list[str],
     return decisions
 
 
-def _swap(module: nn.Module, mapping: dict[int, nn.Module]) -> nn.Module:
-    """Replace every child found in ``mapping`` (by identity), recursively; shared modules are
-    replaced everywhere they appear."""
-    if id(module) in mapping:
-        return mapping[id(module)]
-    for name, child in module.named_children():
-        new = _swap(child, mapping)
-        if new is not child:
-            setattr(module, name, new)
-    return module
-
-
 def _binary_from(layer: nn.Module, options: dict[str, Any]) -> nn.Module:
     binary_type = binary_type_for(layer)
     assert binary_type is not None, "weight_layer_names returns registered float types only"
     return binary_type.from_float(layer, **options)
-
-
-def _static_shortcut(layer: nn.Module, policy: str) -> str:
-    if isinstance(layer, nn.Conv2d):
-        return shortcut_for(layer.in_channels, layer.out_channels, conv_keeps_size(layer), policy)
-    return shortcut_for(layer.in_features, layer.out_features, True, policy)
 
 
 def convert(model: nn.Module, config: BinarizeConfig | Mapping[str, Any] | None = None, *, inplace: bool = False,
@@ -229,7 +211,7 @@ def convert(model: nn.Module, config: BinarizeConfig | Mapping[str, Any] | None 
         report.warn(f"{len(silent)} binarized layers do not run in eval mode ({', '.join(silent[:3])}"
                             f"{' ...' if len(silent) > 3 else ''}): the network computes with their weights another "
                             "way at inference (e.g. re-parameterization), so its eval output is not binary")
-    model = _swap(model, mapping)
+    model = replace_by_identity(model, mapping)
     model.bsr_config = config
     model.bsr_report = report
     for fixup in _FIXUPS.values():
@@ -249,14 +231,14 @@ def _plan(model: nn.Module, config: BinarizeConfig, layers: list[str], graph: Da
     modules = dict(model.named_modules())
     chosen = [n for n in layers if decisions[n][0] and not is_binary(modules[n])]
 
-    shortcuts = {n: _static_shortcut(modules[n], config.shortcut) for n in chosen}
+    options = config.layer_kwargs()
+    built = {n: _binary_from(modules[n], options) for n in dict.fromkeys(chosen)}  # the shortcut each would get
     cuts: dict[str, str] = {}
     if config.nested_skips != "keep":
-        cuttable = {n for n in chosen if shortcuts[n] != "none"}
+        cuttable = {n for n in chosen if built[n].shortcut != "none"}
         cuts = nested_skip_cuts(graph, cuttable, config.nested_skips)
 
     mapping: dict[int, nn.Module] = {}
-    options = config.layer_kwargs()
     for name in layers:
         mod = modules[name]
         binarize, reason = decisions[name]
@@ -270,9 +252,8 @@ def _plan(model: nn.Module, config: BinarizeConfig, layers: list[str], graph: Da
         if name not in ran:
             report.warn(f"{name} did not run in the probe forward pass; its place in the network "
                                 "(first/last/upsampler, skips) is unknown")
-        policy = "none" if name in cuts else config.shortcut
         if id(mod) not in mapping:
-            mapping[id(mod)] = _binary_from(mod, dict(options, shortcut=policy))
+            mapping[id(mod)] = _binary_from(mod, dict(options, shortcut="none")) if name in cuts else built[name]
         new = mapping[id(mod)]
         why = reason + (f"; shortcut cut: {cuts[name]}" if name in cuts else "")
         report.layers.append(LayerDecision(name, tname, "binarized", why, new.shortcut))

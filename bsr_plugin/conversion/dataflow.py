@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from ..core.registry import float_types
+from ..core.registry import binary_types, float_types, input_channels
 from ..core.tracer import WEIGHT_OP_NAMES, CallTracer, TraceListener, op_name, trace
 from ..errors import ConfigError
 
@@ -169,15 +169,15 @@ def weight_layer_names(model: nn.Module) -> list[str]:
 
 
 def default_probe(model: nn.Module, size: int = 32) -> Tensor:
-    """A random probe input shaped for the first conv or linear layer of ``model``."""
+    """A random probe input shaped for the first registered float or binarized layer of
+    ``model``: ``2 x C`` plus one ``size`` per spatial dimension of its weight (a conv2d:
+    ``2 x C x size x size``; a linear layer: ``2 x C``)."""
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            p = next(m.parameters())
-            return torch.randn(2, m.in_channels, size, size, device=p.device, dtype=p.dtype)
-        if isinstance(m, nn.Linear):
-            p = next(m.parameters())
-            return torch.randn(2, m.in_features, device=p.device, dtype=p.dtype)
-    raise ConfigError(f"{type(model).__name__} holds no Conv2d or Linear layer: nothing to binarize")
+        if isinstance(m, float_types() + binary_types()):
+            w = m.weight
+            return torch.randn(2, input_channels(m), *[size] * (w.dim() - 2), device=w.device, dtype=w.dtype)
+    raise ConfigError(f"{type(model).__name__} holds no layer convert() can binarize "
+                      f"({', '.join(t.__name__ for t in float_types())})")
 
 
 def record_dataflow(model: nn.Module, example_input: Any, train: bool = True) -> DataflowGraph:

@@ -46,9 +46,9 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .binarizers import binarize_input, binarize_kernel, weight_scale
-from .bits import pack_signs, packed_size, popcount, unpack_signs
+from .bits import pack_signs, packed_size, popcount
 from .options import LayerOptions
-from .registry import register_binary_layer
+from .registry import register_binary_layer, register_form
 
 logger = logging.getLogger(__name__)
 
@@ -280,51 +280,16 @@ class BinaryLayerMixin:
             self.scale = nn.Parameter(alpha.clone())
             self.options = self.options.replace(scale="learned")
 
-    # -- packed files --------------------------------------------------------------------
-    # A packed file keeps, of a binarized layer, the signs of its latent weight (1 bit each)
-    # and alpha; every other state entry (bias, RSign, RPReLU) is an ordinary tensor, and the
-    # training records (PACKED_KEYS minus weight and scale) are not kept.
-    PACKED_KEYS = ("weight", "scale") + TRAINING_BUFFERS
-
-    def packed_state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
-        """``(entry, tensors)``: the layer's description for a packed manifest and its binary
-        tensors, ``weight`` (the sign bits, :func:`~bsr_plugin.core.bits.pack_signs`) and
-        ``scale`` (alpha per output channel; absent for ``scale: none``)."""
-        w = self.weight.detach()
-        tensors = {"weight": pack_signs(w)}
-        alpha = self.alpha()
-        if alpha is not None:
-            tensors["scale"] = alpha.detach().clone()
-        entry = {"class": type(self).__name__, "weight_shape": list(w.shape), "options": self.options.to_dict(),
-                 "stored_scale": "none" if alpha is None else "learned", "bias": self.bias is not None}
-        return entry, tensors
-
-    def packed_mismatch(self, entry: dict[str, Any]) -> list[str]:
-        """How this layer differs from a packed ``entry`` in what its output depends on
-        (class, weight shape, bias, shortcut, RSign, RPReLU, whether it has a scale)."""
-        options = entry["options"]
-        got = dict(cls=type(self).__name__, shape=list(self.weight.shape), bias=self.bias is not None,
-                   shortcut=self.shortcut, rsign=self.rsign, rprelu=self.rprelu,
-                   scaled=self.options.scale != "none")
-        want = dict(cls=entry["class"], shape=list(entry["weight_shape"]), bias=entry["bias"],
-                    shortcut=options["shortcut"], rsign=options.get("rsign", False),
-                    rprelu=options.get("rprelu", False), scaled=entry["stored_scale"] != "none")
-        return [f"{k} {got[k]} (file: {want[k]})" for k in got if got[k] != want[k]]
-
     @torch.no_grad()
-    def load_packed_state_(self, entry: dict[str, Any], signs: Tensor, scale: Optional[Tensor]) -> None:
-        """Take the binary state of a packed ``entry``: the latent weight becomes ``sign *
-        prior_a`` (``sign`` without a prior), which binarizes to the same ``alpha * sign``; a
-        ``mean_abs`` scale becomes a ``learned`` one holding the stored alpha (same output).
-        The scale is final: ``calibrated`` is NaN (calibrated, factor unknown)."""
-        problems = self.packed_mismatch(entry)
-        if problems:
-            raise ConfigError("; ".join(problems))
-        latent = unpack_signs(signs, tuple(self.weight.shape), dtype=self.weight.dtype)
-        self.weight.copy_(latent * (self.prior_a if self.prior_a is not None else 1.0))
-        if scale is not None:
+    def set_signs_(self, signs: Tensor, alpha: Optional[Tensor]) -> None:
+        """Take a deployed binary state: the latent weight becomes ``signs * prior_a`` (``signs``:
+        +-1 of the weight's shape; without a prior, ``signs``), which binarizes to the same
+        ``alpha * sign``; a ``mean_abs`` scale becomes a ``learned`` one holding ``alpha``
+        (same output). The scale is final: ``calibrated`` is NaN (calibrated, factor unknown)."""
+        self.weight.copy_(signs.to(self.weight.dtype) * (self.prior_a if self.prior_a is not None else 1.0))
+        if alpha is not None:
             self.freeze_scale_()
-            self.scale.copy_(scale.reshape(self.scale.shape))
+            self.scale.copy_(alpha.reshape(self.scale.shape))
         self.sign_ref.copy_(pack_signs(self.weight))
         self.calibrated.fill_(float("nan"))
 
@@ -391,10 +356,23 @@ class BinaryConv2d(BinaryLayerMixin, nn.Conv2d):
         new.train(conv.training)
         return new
 
-    def branch(self, x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    @torch.no_grad()
+    def to_float(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` of this geometry computing with :meth:`effective_weight` and
+        the bias (no binarization, no shortcut): the float network this layer stands for."""
+        plain = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                          self.dilation, self.groups, self.bias is not None, self.padding_mode,
+                          device=self.weight.device, dtype=self.weight.dtype)
+        plain.weight.copy_(self.effective_weight())
+        if self.bias is not None:
+            plain.bias.copy_(self.bias)
+        return plain
+
+    def branch(self, x: Tensor, bias: Optional[Tensor] = None, weight: Optional[Tensor] = None) -> Tensor:
         """The binary branch: ``conv(sign(pad(x - beta)), alpha * sign(w)) + bias``, without
-        RPReLU and shortcut (with binarization switched off, the float conv of ``x``)."""
-        w = self.effective_weight()
+        RPReLU and shortcut (with binarization switched off, the float conv of ``x``);
+        ``weight`` replaces :meth:`effective_weight` (export computes with a stored one)."""
+        w = self.effective_weight() if weight is None else weight
         if not self.binarize_act:
             return self._conv_forward(x, w, bias)
         xb = self._binary_input(x)
@@ -442,10 +420,21 @@ class BinaryLinear(BinaryLayerMixin, nn.Linear):
         new.train(linear.training)
         return new
 
-    def branch(self, x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-        """The binary branch ``linear(sign(x - beta), alpha * sign(w)) + bias`` (no RPReLU, no shortcut)."""
+    @torch.no_grad()
+    def to_float(self) -> nn.Linear:
+        """A plain ``nn.Linear`` computing with :meth:`effective_weight` and the bias."""
+        plain = nn.Linear(self.in_features, self.out_features, self.bias is not None, device=self.weight.device,
+                          dtype=self.weight.dtype)
+        plain.weight.copy_(self.effective_weight())
+        if self.bias is not None:
+            plain.bias.copy_(self.bias)
+        return plain
+
+    def branch(self, x: Tensor, bias: Optional[Tensor] = None, weight: Optional[Tensor] = None) -> Tensor:
+        """The binary branch ``linear(sign(x - beta), alpha * sign(w)) + bias`` (no RPReLU, no
+        shortcut); ``weight`` replaces :meth:`effective_weight`."""
         xb = self._binary_input(x) if self.binarize_act else x
-        return F.linear(xb, self.effective_weight(), bias)
+        return F.linear(xb, self.effective_weight() if weight is None else weight, bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._finish(self.branch(x, self.bias), x, self.in_features, self.out_features)
@@ -454,5 +443,6 @@ class BinaryLinear(BinaryLayerMixin, nn.Linear):
         return super().extra_repr() + ", " + self.binary_extra_repr()
 
 
-register_binary_layer(nn.Conv2d, BinaryConv2d)
-register_binary_layer(nn.Linear, BinaryLinear)
+for _float, _binary in ((nn.Conv2d, BinaryConv2d), (nn.Linear, BinaryLinear)):
+    register_binary_layer(_float, _binary)
+    register_form(_binary, "float", _binary.to_float)

@@ -44,7 +44,8 @@ import torch
 from torch import Tensor
 
 from ..conversion import BinarizeConfig
-from ..core.bits import packed_size
+from ..core.bits import pack_signs, packed_size, unpack_signs
+from ..core.layers import TRAINING_BUFFERS, BinaryLayerMixin
 from ..core.options import LayerOptions
 from ..core.registry import binary_types
 from ..errors import ConfigError, PackedFormatError
@@ -76,6 +77,52 @@ def refuse(path: Any, message: str) -> PackedFormatError:
 
 def raw_bytes(t: Tensor) -> bytes:
     return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+# -- a binarized layer's entry ------------------------------------------------------------
+# A packed file keeps, of a binarized layer, the signs of its latent weight (1 bit each) and
+# alpha; every other state entry (bias, RSign, RPReLU) is an ordinary tensor, and the training
+# records (LAYER_KEYS minus weight and scale) are not kept.
+LAYER_KEYS = ("weight", "scale") + TRAINING_BUFFERS
+LAYER_ENTRY_KEYS = ("name", "class", "weight_shape", "options", "stored_scale", "bias")
+
+
+def layer_entry(layer: BinaryLayerMixin) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """``(entry, tensors)``: a binarized layer's manifest entry (without its name) and its
+    binary tensors: ``weight``, the sign bits (:func:`~bsr_plugin.core.bits.pack_signs`), and
+    ``scale``, alpha per output channel (absent for ``scale: none``)."""
+    w = layer.weight.detach()
+    tensors = {"weight": pack_signs(w)}
+    alpha = layer.alpha()
+    if alpha is not None:
+        tensors["scale"] = alpha.detach().clone()
+    entry = {"class": type(layer).__name__, "weight_shape": list(w.shape), "options": layer.options.to_dict(),
+             "stored_scale": "none" if alpha is None else "learned", "bias": layer.bias is not None}
+    return entry, tensors
+
+
+def entry_mismatch(layer: BinaryLayerMixin, entry: dict[str, Any]) -> list[str]:
+    """How ``layer`` differs from a packed ``entry`` in what its output depends on (class,
+    weight shape, bias, shortcut, RSign, RPReLU, whether it has a scale)."""
+    options = entry["options"]
+    got = dict(cls=type(layer).__name__, shape=list(layer.weight.shape), bias=layer.bias is not None,
+               shortcut=layer.shortcut, rsign=layer.rsign, rprelu=layer.rprelu, scaled=layer.options.scale != "none")
+    want = dict(cls=entry["class"], shape=list(entry["weight_shape"]), bias=entry["bias"],
+                shortcut=options["shortcut"], rsign=options.get("rsign", False),
+                rprelu=options.get("rprelu", False), scaled=entry["stored_scale"] != "none")
+    return [f"{k} {got[k]} (file: {want[k]})" for k in got if got[k] != want[k]]
+
+
+@torch.no_grad()
+def load_layer_entry_(layer: BinaryLayerMixin, entry: dict[str, Any], signs: Tensor,
+                      scale: Optional[Tensor]) -> None:
+    """Give ``layer`` the binary state of a packed ``entry`` (its packed sign bytes and scale;
+    see :meth:`~bsr_plugin.core.layers.BinaryLayerMixin.set_signs_`); a layer that does not
+    match the entry is a :class:`ConfigError` naming each difference."""
+    problems = entry_mismatch(layer, entry)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    layer.set_signs_(unpack_signs(signs, tuple(layer.weight.shape), dtype=layer.weight.dtype), scale)
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -146,12 +193,11 @@ def _tensor_problems(t: Any, blobs_n: int) -> Optional[str]:
 
 
 def _layer_problems(e: Any) -> Optional[str]:
-    keys = {"name", "class", "weight_shape", "options", "stored_scale", "bias"}
-    if not isinstance(e, dict) or set(e) != keys:
+    if not isinstance(e, dict) or set(e) != set(LAYER_ENTRY_KEYS):
         return f"malformed binarized-layer entry {str(e)[:200]}"
     if not isinstance(e["name"], str) or e["class"] not in {t.__name__ for t in binary_types()}:
         return f"binarized layer {str(e['name'])[:80]!r}: unknown class {str(e['class'])[:80]!r}"
-    if not _shape_ok(e["weight_shape"]) or len(e["weight_shape"]) not in (2, 4) or 0 in e["weight_shape"]:
+    if not _shape_ok(e["weight_shape"]) or not 2 <= len(e["weight_shape"]) <= 5 or 0 in e["weight_shape"]:
         return f"binarized layer {e['name']!r}: bad weight shape {str(e['weight_shape'])[:80]}"
     if e["stored_scale"] not in ("learned", "none") or not isinstance(e["bias"], bool):
         return f"binarized layer {e['name']!r}: bad stored_scale or bias"

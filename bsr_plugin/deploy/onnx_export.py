@@ -27,7 +27,9 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..core.registry import is_binary
+from ..core.layers import BinaryConv2d, BinaryLinear
+from ..core.registry import binary_layers, form_of, is_binary, layer_channels, register_form, require_fully_binary
+from ..core.replace import replace_modules
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -35,42 +37,46 @@ logger = logging.getLogger(__name__)
 DEFAULT_OPSET = 17
 
 
-class _FrozenWeight:
-    """Export copy of a binarized layer: it computes with a stored ``alpha * sign(w)`` (an ONNX
-    initializer holding exactly +-alpha) instead of binarizing its latent weight."""
+class FrozenBinaryLayer(nn.Module):
+    """The export form of a binarized layer: it computes as the layer does, but with a stored
+    ``alpha * sign(w)`` (an ONNX initializer holding exactly +-alpha) instead of binarizing its
+    latent weight, which is then not shipped.
 
-    frozen_weight: Tensor
+    Args:
+        layer: the binarized layer (any type with the ``branch`` / ``_finish`` methods of
+            :class:`~bsr_plugin.core.layers.BinaryLayerMixin`).
+    """
 
-    def effective_weight(self) -> Tensor:
-        return self.frozen_weight
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        self.channels = layer_channels(layer)
+        self.register_buffer("frozen_weight", layer.binary_weight().detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.layer.branch(x, self.layer._branch_bias(), weight=self.frozen_weight)
+        return self.layer._finish(y, x, *self.channels)
 
 
-_FROZEN: dict[type, type] = {}
-
-
-def _frozen_class(cls: type) -> type:
-    """``cls`` computing with a stored weight (one subclass per binarized layer type)."""
-    if cls not in _FROZEN:
-        _FROZEN[cls] = type(f"_Frozen{cls.__name__}", (_FrozenWeight, cls), {"__module__": __name__})
-    return _FROZEN[cls]
+register_form(BinaryConv2d, "export", FrozenBinaryLayer)
+register_form(BinaryLinear, "export", FrozenBinaryLayer)
 
 
 @torch.no_grad()
 def freeze_for_export(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` whose binarized layers compute with a stored
-    ``alpha * sign(w)`` (exactly the weight they compute with now); layers whose binarization
-    is switched off are refused."""
-    off = [n for n, m in model.named_modules() if is_binary(m) and not (m.binarize_act and m.binarize_weight)]
-    if off:
-        raise ConfigError(f"binarization is switched off in {', '.join(off[:4])}: the exported graph would not be "
-                         "binary. Switch it on: bsr_plugin.set_binarization(model, act=True, weight=True)")
-    frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    for layer in frozen.modules():
-        if is_binary(layer):
-            weight = layer.binary_weight().detach().clone()
-            layer.__class__ = _frozen_class(type(layer))
-            layer.register_buffer("frozen_weight", weight)
-    return frozen
+    """An eval-mode copy of ``model`` whose binarized layers are in their export form
+    (:class:`FrozenBinaryLayer`: computing with a stored ``alpha * sign(w)``, exactly the
+    weight they compute with now); layers whose binarization is switched off are refused."""
+    require_fully_binary(model, "the exported graph would not be binary")
+    missing = sorted({type(m).__name__ for _, m in binary_layers(model) if form_of(m, "export") is None})
+    if missing:
+        raise ConfigError(f"no export form is registered for {', '.join(missing)}: register one with "
+                          "bsr_plugin.core.registry.register_form(<type>, 'export', <module factory>)")
+
+    def frozen(_name: str, module: nn.Module) -> Optional[nn.Module]:
+        return form_of(module, "export")(module) if is_binary(module) else None
+
+    return replace_modules(copy.deepcopy(model).eval().requires_grad_(False), frozen)
 
 
 def export_onnx(model: nn.Module, path: Union[str, Path], sample: Tensor, *, opset: int = DEFAULT_OPSET,

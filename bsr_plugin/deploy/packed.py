@@ -8,7 +8,7 @@ the checks that run before anything is built are in :mod:`bsr_plugin.deploy.file
 
 What is stored, and what comes back:
 
-* each binarized layer packs itself (:meth:`~bsr_plugin.core.layers.BinaryLayerMixin.packed_state`):
+* each binarized layer as its entry (:func:`~bsr_plugin.deploy.file_format.layer_entry`):
   the signs of its latent weight and alpha. On load the latent weight is ``sign * prior_a``,
   which binarizes to the same ``alpha * sign``; a ``mean_abs`` scale comes back as a ``learned``
   one holding the same alpha.
@@ -40,10 +40,22 @@ from torch import Tensor, nn
 
 from ..conversion import convert
 from ..core.layers import BinaryLayerMixin
-from ..core.registry import is_binary
+from ..core.registry import binary_layers, is_binary, require_fully_binary
 from ..errors import BuilderError, ConfigError, PackedFormatError
 from .builders import Builder, get_builder
-from .file_format import DTYPE_NAMES, FORMAT_VERSION, Blobs, PathLike, read_packed, refuse, write_file
+from .file_format import (
+    DTYPE_NAMES,
+    FORMAT_VERSION,
+    LAYER_KEYS,
+    Blobs,
+    PathLike,
+    entry_mismatch,
+    layer_entry,
+    load_layer_entry_,
+    read_packed,
+    refuse,
+    write_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,23 +100,14 @@ def _key(prefix: str, attr: str) -> str:
     return f"{prefix}.{attr}" if prefix else attr
 
 
-def binary_layer_names(model: nn.Module) -> list[tuple[str, BinaryLayerMixin]]:
-    """Every binarized layer under every name it has (shared layers appear under each)."""
-    return [(n, m) for n, m in model.named_modules(remove_duplicate=False) if is_binary(m)]
-
-
 # -- writing --------------------------------------------------------------------------------
 def _packable_layers(model: nn.Module) -> list[tuple[str, BinaryLayerMixin]]:
-    layers = binary_layer_names(model)
+    layers = list(binary_layers(model, every_name=True))
     if not layers:
         raise ConfigError(f"{type(model).__name__} holds no binarized layer: nothing to pack. Binarize it first "
                           "(bsr_plugin.convert(model)) or save a float network with torch.save")
-    off = sorted({n for n, m in layers if not (m.binarize_act and m.binarize_weight)})
-    if off:
-        raise ConfigError(f"binarization is switched off in {len(off)} layers ({', '.join(off[:4])}"
-                          f"{' ...' if len(off) > 4 else ''}): the packed file stores 1-bit weights for layers that "
-                          "compute with 1-bit inputs and weights. Switch it on first: "
-                          "bsr_plugin.set_binarization(model, act=True, weight=True)")
+    require_fully_binary(model, "the packed file stores 1-bit weights for layers that compute with 1-bit inputs "
+                                "and weights")
     return layers
 
 
@@ -143,13 +146,13 @@ def export_packed(model: nn.Module, path: PathLike, *, fp16: bool = False) -> Pa
               if k not in ("weight", "bias")}
     theoretical = float32 = 0
     for name, layer in layers:
-        entry, tensors = layer.packed_state()
+        entry, tensors = layer_entry(layer)
         entries.append(dict(entry, name=name))
         theoretical += blobs.add(_key(name, "weight"), "signs", tensors["weight"], entry["weight_shape"])
         float32 += 4 * layer.weight.numel()
         if "scale" in tensors:
             theoretical += blobs.add(_key(name, "scale"), "scale", tensors["scale"])
-        handled.update(_key(name, k) for k in layer.PACKED_KEYS)
+        handled.update(_key(name, k) for k in LAYER_KEYS)
     for key, t in model.state_dict().items():
         if key in handled:
             continue
@@ -192,7 +195,7 @@ def _verify(path: Any, manifest: dict[str, Any], net: nn.Module) -> dict[str, Bi
     """The rebuilt network must be exactly the file's: its binarized layers (names, classes,
     shapes, shortcuts, options that change the output) and every other state entry (names,
     shapes)."""
-    have = dict(binary_layer_names(net))
+    have = dict(binary_layers(net, every_name=True))
     want = {e["name"]: e for e in manifest["binary_layers"]}
     problems = []
     missing, extra = [n for n in want if n not in have], [n for n in have if n not in want]
@@ -202,11 +205,11 @@ def _verify(path: Any, manifest: dict[str, Any], net: nn.Module) -> dict[str, Bi
         problems.append(f"binarized in the network but not in the file: {', '.join(extra[:5])}")
     for name, e in want.items():
         if name in have:
-            diff = have[name].packed_mismatch(e)
+            diff = entry_mismatch(have[name], e)
             if diff:
                 problems.append(f"{name}: {', '.join(diff)}")
     if not problems:
-        handled = {_key(n, k) for n in have for k in BinaryLayerMixin.PACKED_KEYS}
+        handled = {_key(n, k) for n in have for k in LAYER_KEYS}
         target = {k: tuple(v.shape) for k, v in net.state_dict().items() if k not in handled}
         stored = {t["name"]: tuple(t["shape"]) for t in manifest["tensors"] if t["kind"] == "fp"}
         lacking, unknown = [k for k in target if k not in stored], [k for k in stored if k not in target]
@@ -269,7 +272,7 @@ def _load_state(path: Any, manifest: dict[str, Any], tensors: dict[str, Tensor],
         if signs is None or (e["stored_scale"] == "learned" and scale is None):
             raise refuse(path, f"binarized layer {name!r}: its sign bits or its scale are not stored")
         try:
-            layer.load_packed_state_(e, signs, scale)
+            load_layer_entry_(layer, e, signs, scale)
         except ConfigError as err:
             raise refuse(path, f"binarized layer {name!r}: {err}") from None
     fp = {t["name"]: tensors[t["name"]] for t in manifest["tensors"] if t["kind"] == "fp"}

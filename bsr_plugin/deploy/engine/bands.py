@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...conversion.dataflow import DataflowGraph, Node, default_probe, record_dataflow
+from ...core.replace import replace_by_identity
 
 logger = logging.getLogger(__name__)
 
@@ -160,17 +161,19 @@ def band_chains(model: nn.Module, chains: list[tuple[str, str, str]], band_rows:
     name (its keys become ``first.first.*`` and ``first.last.*``; ``shuffle`` and ``last``
     become ``nn.Identity``). A ``first`` whose ``pixel_shuffle`` attribute is already above 1
     (the engine fused the shuffle into it) is not shuffled again."""
+    swaps: dict[int, nn.Module] = {}
     for first, shuffle, last in chains:
         first_module, shuffle_module = model.get_submodule(first), model.get_submodule(shuffle)
+        last_module = model.get_submodule(last)
         fused = getattr(first_module, "pixel_shuffle", 1) > 1
         upscale = first_module.pixel_shuffle if fused else shuffle_module.upscale_factor
         rows = max(band_rows // upscale, 1) * upscale
-        banded = BandedUpsample(first_module, model.get_submodule(last), upscale, shuffled=fused, band_rows=rows)
-        model.set_submodule(first, banded)
-        model.set_submodule(last, nn.Identity())
+        swaps[id(first_module)] = BandedUpsample(first_module, last_module, upscale, shuffled=fused, band_rows=rows)
+        swaps[id(last_module)] = nn.Identity()
         if not fused:
-            model.set_submodule(shuffle, nn.Identity())
+            swaps[id(shuffle_module)] = nn.Identity()
         logger.debug("banded %s -> %s -> %s in bands of %d rows", first, shuffle, last, rows)
+    replace_by_identity(model, swaps)
 
 
 def band_upsamplers(model: nn.Module, example_input: Optional[Tensor] = None,

@@ -20,7 +20,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ...core.registry import is_binary
+from ...core.registry import binary_layers, form_of, is_binary
+from ...core.replace import replace_modules
 from ..builders import Builder
 from .bands import BandedUpsample
 
@@ -66,25 +67,15 @@ class BenchReport:
 
 
 def float_twin(net: nn.Module) -> nn.Module:
-    """A copy of a float-simulation network with every binarized layer as a plain float layer
-    of the same geometry and its effective weight (no binarization, no added shortcut)."""
-    twin = copy.deepcopy(net)
-    for parent in list(twin.modules()):
-        for name, child in list(parent.named_children()):
-            if not is_binary(child):
-                continue
-            if isinstance(child, nn.Conv2d):
-                plain = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                                  child.padding, child.dilation, child.groups, child.bias is not None,
-                                  child.padding_mode)
-            else:
-                plain = nn.Linear(child.in_features, child.out_features, child.bias is not None)
-            with torch.no_grad():
-                plain.weight.copy_(child.effective_weight())
-                if child.bias is not None:
-                    plain.bias.copy_(child.bias)
-            setattr(parent, name, plain)
-    return twin.eval()
+    """A copy of a float-simulation network with every binarized layer in its ``float`` form
+    (:func:`~bsr_plugin.core.registry.form_of`): a plain float layer of the same geometry with
+    its effective weight (no binarization, no added shortcut)."""
+
+    def plain(_name: str, module: nn.Module) -> Optional[nn.Module]:
+        make = form_of(module, "float") if is_binary(module) else None
+        return make(module) if make else None
+
+    return replace_modules(copy.deepcopy(net), plain).eval()
 
 
 @torch.no_grad()
@@ -136,7 +127,7 @@ def bench_packed(path: str, size_hw: tuple[int, int], threads: list[int], repeat
     engine = load_packed(path, engine="packed", builder=builder)
     sim = load_packed(path, engine="float", builder=builder)
     nets = {"engine": engine, "simulation": sim, "float": float_twin(sim)}
-    names = [n for n, m in sim.named_modules() if is_binary(m)]
+    names = [n for n, _ in binary_layers(sim)]
     channels = next(m.in_channels for m in sim.modules() if isinstance(m, nn.Conv2d))
     x = torch.rand(1, channels, *size_hw, generator=torch.Generator().manual_seed(0))
     saved = torch.get_num_threads()

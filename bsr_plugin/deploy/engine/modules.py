@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from ...conversion.dataflow import DataflowGraph, default_probe, record_dataflow
 from ...core.layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear, channel_shortcut
-from ...core.registry import is_binary
+from ...core.registry import form_of, is_binary, register_form
+from ...core.replace import replace_by_identity
 from . import kernels
 from .bands import band_chains, module_uses, shuffle_after, upsample_chains
 
@@ -129,7 +130,8 @@ class PackedBinaryLinear(_PackedLayer):
         return f"{self.in_features}, {self.out_features}, " + super().extra_repr()
 
 
-PACKED_TYPES: dict[type, type[_PackedLayer]] = {BinaryConv2d: PackedBinaryConv2d, BinaryLinear: PackedBinaryLinear}
+register_form(BinaryConv2d, "packed", PackedBinaryConv2d)
+register_form(BinaryLinear, "packed", PackedBinaryLinear)
 
 
 def is_packed(module: nn.Module) -> bool:
@@ -138,12 +140,12 @@ def is_packed(module: nn.Module) -> bool:
 
 
 def _packed_for(name: str, layer: nn.Module) -> Optional[nn.Module]:
-    cls = next((PACKED_TYPES[t] for t in type(layer).__mro__ if t in PACKED_TYPES), None)
+    cls = form_of(layer, "packed")
     if cls is None:
         logger.warning("engine: %s (%s) has no packed module; it keeps its float simulation", name,
                        type(layer).__name__)
         return None
-    if not (layer.binarize_act and layer.binarize_weight):
+    if not layer.fully_binary:
         logger.warning("engine: %s has binarization switched off; it keeps its float simulation", name)
         return None
     try:
@@ -176,18 +178,19 @@ def to_engine(model: nn.Module, example_input: Optional[Tensor] = None) -> list[
     fusions = _shuffle_fusions(model, graph)
     chains = upsample_chains(model, graph)
     kept: list[str] = []
-    swaps: dict[int, Optional[nn.Module]] = {}
-    for name, layer in list(model.named_modules(remove_duplicate=False)):
+    swaps: dict[int, nn.Module] = {}
+    for name, layer in model.named_modules():  # a layer shared under several names is packed once
         if not is_binary(layer):
             continue
-        if id(layer) not in swaps:  # a layer shared under several names is swapped once, everywhere
-            packed = swaps[id(layer)] = _packed_for(name, layer)
-            if packed is None:
-                kept.append(name)
-            elif name in fusions and isinstance(packed, PackedBinaryConv2d):
-                packed.pixel_shuffle = model.get_submodule(fusions[name]).upscale_factor
-                model.set_submodule(fusions[name], nn.Identity())
-        if swaps[id(layer)] is not None:
-            model.set_submodule(name, swaps[id(layer)])
+        packed = _packed_for(name, layer)
+        if packed is None:
+            kept.append(name)
+            continue
+        swaps[id(layer)] = packed
+        if name in fusions and isinstance(packed, PackedBinaryConv2d):
+            shuffle = model.get_submodule(fusions[name])
+            packed.pixel_shuffle = shuffle.upscale_factor
+            swaps[id(shuffle)] = nn.Identity()
+    replace_by_identity(model, swaps)
     band_chains(model, chains)
     return kept

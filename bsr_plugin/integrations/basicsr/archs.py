@@ -25,6 +25,7 @@ from typing import Any, Mapping, Optional
 from torch import Tensor, nn
 
 from ...conversion import DEFAULT_RULES, BinarizeConfig, convert
+from ...core.replace import replace_modules
 from ...errors import ConfigError
 from .compat import import_basicsr
 
@@ -101,13 +102,16 @@ class ShortcutUnitBlock(nn.Module):
 
 def _with_blocks(net: nn.Module, block: str) -> nn.Module:
     """``net`` with every ``ResidualBlockNoBN`` of its body rebuilt as ``block`` (:data:`BLOCKS`)."""
-    if block == "bbcu":
-        from basicsr.archs.arch_util import ResidualBlockNoBN
+    if block != "bbcu":
+        return net
+    from basicsr.archs.arch_util import ResidualBlockNoBN
 
-        for name, child in net.body.named_children():
-            if isinstance(child, ResidualBlockNoBN):
-                setattr(net.body, name, ShortcutUnitBlock(child.conv1, child.conv2))
-    return net
+    def unit(name: str, module: nn.Module) -> Optional[nn.Module]:
+        if name.startswith("body.") and isinstance(module, ResidualBlockNoBN):
+            return ShortcutUnitBlock(module.conv1, module.conv2)
+        return None
+
+    return replace_modules(net, unit)
 
 
 def _body_only(binarize: Optional[Mapping[str, Any]], keep: str, block: str) -> dict[str, Any]:
