@@ -142,3 +142,33 @@ def test_losses_follow_basicsr_contract():
         build_loss({"type": "UniformPriorLoss", "reduction": "none"})
     net = nn.Sequential(nn.Conv2d(3, 3, 3))
     assert prior(net).item() == 0.0
+
+
+def test_prior_anneal_widens_the_box_over_the_last_third(tmp_path):
+    from bsr_plugin.integrations.basicsr.models import annealed_a
+
+    model = _model(_opt(tmp_path, total_iter=9, prior_anneal={"start": 0.667, "factor": 10}))
+    layers = [m for m in model.net_g.modules() if is_binary(m)]
+    _step(model, 6)
+    assert all(m.prior_a == pytest.approx(1e-2) for m in layers)  # before 2/3 of the run
+    _step(model, 9)
+    assert all(m.prior_a == pytest.approx(0.1) for m in layers)  # x10 at the end, and projected there
+    assert all(m.weight.abs().max() <= m.prior_a for m in layers)
+    assert annealed_a(0.01, 0.8335, 0.667, 10) == pytest.approx(0.01 * 10 ** 0.5, rel=1e-3)  # geometric
+    assert 0 <= model.log_dict["prior_edge"] <= 1
+    for bad, match in (({"start": 1.0}, "start = 1.0"), ({"factor": 0.5}, "factor = 0.5"),
+                       ({"begin": 0.5}, "unknown keys")):
+        with pytest.raises(ValueError, match=match):
+            _model(_opt(tmp_path, prior_anneal=bad))
+
+
+def test_branch_ratio_logged_for_layers_with_a_shortcut(tmp_path, caplog):
+    import logging
+
+    opt = _opt(tmp_path)
+    opt["network_g"].update(block="bbcu", binarize={"prior_a": 1e-2, "align": 0.1})
+    model = _model(opt)
+    with caplog.at_level(logging.INFO, logger="basicsr"):
+        _step(model, 1)
+    assert model.log_dict["branch_ratio"] == pytest.approx(0.1, rel=0.05)  # aligned on this very batch
+    assert "branch/stream ratio (stream mean |x|) per layer: body.0.conv1=0.1" in caplog.text

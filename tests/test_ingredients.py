@@ -179,3 +179,45 @@ def test_distillation_refuses_a_missing_feature_module(tmp_path):
     torch.save({"params": EDSR(3, 3, num_feat=8, num_block=2, upscale=2).state_dict()}, tmp_path / "t.pth")
     with pytest.raises(bsr_plugin.OptionsError, match="match no module of the student"):
         _distill_model(tmp_path, tmp_path / "t.pth", feature_weight=1.0, features=["re:nothing"])
+
+
+def test_alignment_sizes_each_branch_to_rho_times_its_input():
+    """``align = rho``: calibration makes the binary branch of a layer with its own shortcut
+    rho times as large as its input; layers without a shortcut keep the float layer's size;
+    the option travels with checkpoints and packed files and changes nothing at inference."""
+    from bsr_plugin import calibrate_scales_
+    from bsr_plugin.core import branch_ratios
+
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.LeakyReLU(0.1),
+                         nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.Conv2d(8, 3, 3, padding=1))  # ratio: no bias
+    x = torch.randn(4, 3, 12, 12) * 30
+    for rho in (0.05, 0.1):
+        net = bsr_plugin.convert(body, align=rho)
+        calibrate_scales_(net, x)
+        with branch_ratios(net) as ratios:
+            net(x)
+        assert set(ratios) == {"1", "3"} and all(r == pytest.approx(rho, rel=1e-4) for r, _ in ratios.values())
+    plain = bsr_plugin.convert(body)
+    calibrate_scales_(plain, x)
+    with branch_ratios(plain) as ratios:
+        plain(x)
+    assert all(r > 0.3 for r, _ in ratios.values())  # without alignment: the float layer's size
+    assert net[1].options.align == 0.1 and "align=0.1" in repr(net[1])
+    state = net.state_dict()
+    again = bsr_plugin.convert(body, align=0.1)
+    again.load_state_dict(state)
+    assert torch.equal(again(x), net(x)) and float(again[1].calibrated) > 0  # not calibrated twice
+
+
+def test_alignment_survives_packed_files(tmp_path):
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 3, 3, padding=1))
+    net = bsr_plugin.convert(body, align=0.1).eval()
+    bsr_plugin.calibrate_scales_(net, torch.randn(2, 3, 8, 8) * 30)
+    export_packed(net, tmp_path / "a.bsrpack")
+    x = torch.randn(2, 3, 9, 7)
+    for engine in ("float", "packed"):
+        loaded = load_packed(tmp_path / "a.bsrpack", model=body, engine=engine)
+        torch.testing.assert_close(loaded(x), net(x), rtol=1e-5, atol=1e-5)
+    assert load_packed(tmp_path / "a.bsrpack", model=body, engine="float")[1].options.align == 0.1
