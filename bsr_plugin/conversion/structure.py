@@ -183,6 +183,48 @@ def _min_vertex_cut(path: set[int], edges: dict[int, list[int]], src: int, dst: 
     return {n for n in path if (n, 1) in side and (n, 0) not in side}
 
 
+class _SkipPaths:
+    """The dataflow graph as :func:`nested_skip_cuts` walks it: which nodes carry an identity
+    copy of their input (activations, skips, layers with a shortcut), which block it, and which
+    are shortcuts it may still cut."""
+
+    def __init__(self, graph: DataflowGraph, cuttable: set[str], cuts: dict[str, str]) -> None:
+        self.nodes, self.cuttable, self.cuts = graph.nodes, cuttable, cuts
+
+    def kind(self, n: Node) -> str:
+        if n.kind == "input":
+            return "carry"
+        if n.kind == "module":
+            if n.target in self.cuttable:
+                return "block" if n.target in self.cuts else "cut"
+            if isinstance(n.module, float_types()):
+                return "carry" if is_binary(n.module) and n.module.shortcut != "none" else "block"
+            return "carry"
+        return "block" if n.target in BLOCKING_OPS else "carry"
+
+    def closure(self, start: int, step: Callable[[Node], list[int]], keep: Callable[[int], bool],
+                stop: int) -> set[int]:
+        seen = {start}
+        stack = [start]
+        while stack:
+            n = self.nodes[stack.pop()]
+            if n.idx == stop or (n.idx != start and self.kind(n) == "block"):
+                continue
+            for j in step(n):
+                if j not in seen and keep(j):
+                    seen.add(j)
+                    stack.append(j)
+        return seen
+
+    def identity_path(self, src: int, dst: int) -> Optional[set[int]]:
+        """The nodes on identity-carrying paths from ``src`` to ``dst`` (``None``: there are none)."""
+        nodes = self.nodes
+        back = self.closure(dst, lambda n: n.inputs, lambda j: j == src or self.kind(nodes[j]) != "block", src)
+        if src not in back:
+            return None
+        return self.closure(src, lambda n: n.users, lambda j: j in back, dst)
+
+
 def nested_skip_cuts(graph: DataflowGraph, cuttable: set[str], policy: str) -> dict[str, str]:
     """Layers whose shortcut to drop so that no skip of the network spans an identity path
     made of our shortcuts (which would add the skip's input twice).
@@ -192,50 +234,22 @@ def nested_skip_cuts(graph: DataflowGraph, cuttable: set[str], policy: str) -> d
     break every such path are cut; of equally small cuts, the one nearest ``p`` (``cut_first``)
     or nearest the addition (``cut_last``); ``cut_all`` cuts every shortcut on such a path.
     Additions are taken in execution order, so inner skips are settled before outer ones. Returns ``{layer: reason}``.
-    (One function of about 60 lines: its two closures read the cut set it is building.)
     """
     nodes = graph.nodes
     cuts: dict[str, str] = {}
-
-    def kind(n: Node) -> str:
-        if n.kind == "input":
-            return "carry"
-        if n.kind == "module":
-            if n.target in cuttable:
-                return "block" if n.target in cuts else "cut"
-            if isinstance(n.module, float_types()):
-                return "carry" if is_binary(n.module) and n.module.shortcut != "none" else "block"
-            return "carry"
-        return "block" if n.target in BLOCKING_OPS else "carry"
-
-    def closure(start: int, step: Callable[[Node], list[int]], keep: Callable[[int], bool], stop: int) -> set[int]:
-        seen = {start}
-        stack = [start]
-        while stack:
-            n = nodes[stack.pop()]
-            if n.idx == stop or (n.idx != start and kind(n) == "block"):
-                continue
-            for j in step(n):
-                if j not in seen and keep(j):
-                    seen.add(j)
-                    stack.append(j)
-        return seen
-
+    paths = _SkipPaths(graph, cuttable, cuts)
     for add in nodes:
         if add.kind != "op" or add.target not in ADD_OPS or len(add.inputs) != 2:
             continue
         if len(add.in_shapes) != 2 or add.in_shapes[0] != add.in_shapes[1]:
             continue
         for src, dst in (tuple(add.inputs), tuple(reversed(add.inputs))):
-            if kind(nodes[dst]) == "block":
+            path = None if paths.kind(nodes[dst]) == "block" else paths.identity_path(src, dst)
+            if path is None:
                 continue
-            back = closure(dst, lambda n: n.inputs, lambda j, s=src: j == s or kind(nodes[j]) != "block", src)
-            if src not in back:
-                continue
-            path = closure(src, lambda n: n.users, lambda j, b=back: j in b, dst)
             edges = {n: [u for u in nodes[n].users if u in path]
-                     for n in path if n != dst and (n == src or kind(nodes[n]) != "block")}
-            candidates = {n for n in path if kind(nodes[n]) == "cut"}
+                     for n in path if n != dst and (n == src or paths.kind(nodes[n]) != "block")}
+            candidates = {n for n in path if paths.kind(nodes[n]) == "cut"}
             if policy == "cut_all":
                 cut: Optional[set[int]] = candidates
             else:
