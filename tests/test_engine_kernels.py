@@ -587,11 +587,12 @@ def test_error_cases_of_packing_ops():
         E.conv_counts(xp, wp, 64, 3)
     with pytest.raises(ValueError, match="smaller than the dilated kernel"):
         E.conv_counts(xp, wp, 70, 3, dilation=2)
-    # the op checks pixel_shuffle itself too (callers of torch.ops.bsr_engine directly)
+    # the op checks pixel_shuffle itself too (callers of torch.ops.bsr_engine directly); its
+    # argument checks raise ValueError (TORCH_CHECK_VALUE)
     args = (torch.randn(1, 70, 4, 4), wp, 70, [1, 1], [1, 1, 1, 1], [1, 1], torch.ones(2), None, None, 0, None, None,
             None)
     for r in (2, 0, -1, 2**40):
-        with pytest.raises(RuntimeError, match="multiple of pixel_shuffle"):
+        with pytest.raises(ValueError, match="multiple of pixel_shuffle"):
             torch.ops.bsr_engine.binary_conv2d(*args, r)
     assert torch.ops.bsr_engine.binary_conv2d(*args).shape == (1, 2, 4, 4)
 
