@@ -46,14 +46,23 @@ from .core import (
 from .deploy.builders import register_builder
 from .deploy.onnx_export import export_onnx
 from .deploy.packed import PackedInfo, export_packed, load_packed, read_packed
-from .errors import BsrError, BuilderError, CheckpointError, CLIError, ConfigError, OptionsError, PackedFormatError
+from .errors import (
+    BsrError,
+    BuilderError,
+    CheckpointError,
+    CLIError,
+    ConfigError,
+    EngineError,
+    OptionsError,
+    PackedFormatError,
+)
 from .version import __version__
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "BinarizeConfig", "BinaryCheck", "BinaryCheckError", "BinaryConv2d", "BinaryLinear", "BsrError", "BuilderError",
-    "CheckpointError", "CLIError", "ConfigError", "ConversionReport", "DEFAULT_RULES", "LayerDecision",
+    "CheckpointError", "CLIError", "ConfigError", "ConversionReport", "DEFAULT_RULES", "EngineError", "LayerDecision",
     "LayerOptions", "LayerSummary", "ModelSummary", "OptionsError", "PackedFormatError", "PackedInfo",
     "PixelCurriculumL1", "UniformPriorLoss", "binarize_input", "binarize_kernel", "binary_layers",
     "calibrate_scales_", "check_binary", "convert", "export_onnx", "export_packed", "flip_ratios", "is_binary",

@@ -39,9 +39,15 @@ class CheckpointError(BsrError, ValueError):
     PyTorch checkpoint, or holding Python objects whose loading would run code."""
 
 
+class EngineError(BsrError, ValueError):
+    """An argument the packed CPU engine (:mod:`bsr_plugin.deploy.engine`) cannot take: wrong
+    type, dtype, device or shape, channels or sizes that do not fit, an unknown or unsupported
+    instruction set. The message names the argument, what it got and what is accepted."""
+
+
 class CLIError(BsrError):
     """A command-line problem to report in one line (exit status 2)."""
 
 
-__all__ = ["BsrError", "BuilderError", "CLIError", "CheckpointError", "ConfigError", "OptionsError",
+__all__ = ["BsrError", "BuilderError", "CLIError", "CheckpointError", "ConfigError", "EngineError", "OptionsError",
            "PackedFormatError"]

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import bsr_plugin
 from bsr_plugin.deploy import engine as E
 from bsr_plugin.deploy.engine import kernels as K
 
@@ -587,11 +588,12 @@ def test_error_cases_of_packing_ops():
         E.conv_counts(xp, wp, 64, 3)
     with pytest.raises(ValueError, match="smaller than the dilated kernel"):
         E.conv_counts(xp, wp, 70, 3, dilation=2)
-    # the op checks pixel_shuffle itself too (callers of torch.ops.bsr_engine directly)
+    # the op checks pixel_shuffle itself too (callers of torch.ops.bsr_engine directly); its
+    # argument checks raise ValueError (TORCH_CHECK_VALUE), which the Python ops turn into EngineError
     args = (torch.randn(1, 70, 4, 4), wp, 70, [1, 1], [1, 1, 1, 1], [1, 1], torch.ones(2), None, None, 0, None, None,
             None)
     for r in (2, 0, -1, 2**40):
-        with pytest.raises(RuntimeError, match="multiple of pixel_shuffle"):
+        with pytest.raises(ValueError, match="multiple of pixel_shuffle"):
             torch.ops.bsr_engine.binary_conv2d(*args, r)
     assert torch.ops.bsr_engine.binary_conv2d(*args).shape == (1, 2, 4, 4)
 
@@ -649,11 +651,46 @@ def test_loader_reports_a_missing_build(monkeypatch):
     assert reason is not None and reason.startswith("not built") and "pip install --no-build-isolation" in reason
 
 
-def test_native_allocation_failure_is_a_memory_error():
-    """The native allocator failing surfaces as MemoryError (so ``bsr run`` says --tile), any
-    other native failure as ValueError naming it."""
+def test_loader_reports_an_outdated_build(monkeypatch):
+    _require_native()
+    monkeypatch.setattr(K, "_OPS", K._OPS + ("op_of_a_newer_package",))
+    assert K._load() == ("the extension is older than this package (no op op_of_a_newer_package): rebuild with pip "
+                         "install --no-build-isolation -e .")
+
+
+def test_not_x86_64_builds_nothing_and_says_why(monkeypatch, capsys):
+    """The C++ engine is x86-64 only: elsewhere setup.py gets no extension (one warning), the
+    in-place build refuses, and the loader's reason says so instead of "rebuild"."""
+    import platform
+
+    from bsr_plugin.deploy.engine import build
+
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert not build.is_x86_64() and build.setup_kwargs() == {}
+    assert build.main([]) == 1
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("WARNING")]
+    assert len(warnings) == 2 and all("x86-64 only and this machine is aarch64" in ln for ln in warnings)
+    monkeypatch.setitem(sys.modules, "bsr_plugin.deploy.engine._C", None)
+    assert K._load() == "not built: the C++ engine is x86-64 only, this machine is aarch64"
+
+
+def test_native_failures_are_sorted():
+    """A native argument check (ValueError) surfaces as EngineError naming the op, the allocator
+    failing as MemoryError (so ``bsr run`` says --tile), any other native failure unchanged (a
+    bug keeps its traceback)."""
+    def fail(err):
+        def op(*args):
+            raise err
+        return op
+
     oom = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
                        "you tried to allocate 75497472 bytes.\nmore")
-    assert isinstance(K._native_error(oom), MemoryError) and "75497472" in str(K._native_error(oom))
-    bad = K._native_error(RuntimeError("conv_counts: xp must be contiguous\ntrace"))
-    assert type(bad) is ValueError and str(bad) == "conv_counts: xp must be contiguous"
+    with pytest.raises(MemoryError, match="75497472"):
+        K._native("conv_counts", fail(oom))
+    with pytest.raises(bsr_plugin.EngineError) as caught:
+        K._native("conv_counts", fail(ValueError("xp must be contiguous\ntrace")))
+    assert str(caught.value) == "conv_counts: xp must be contiguous"
+    bug = RuntimeError("an internal invariant broke")
+    with pytest.raises(RuntimeError) as caught:
+        K._native("conv_counts", fail(bug))
+    assert caught.value is bug

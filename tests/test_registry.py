@@ -96,7 +96,7 @@ def test_third_layer_type_through_convert_export_load_and_engine_fallback(tmp_pa
     assert torch.equal(loaded(x), expected)
     with caplog.at_level(logging.WARNING):
         on_engine = bsr_plugin.load_packed(tmp_path / "net1d.bsrpack", model=float_net, engine="packed")
-    assert "has no packed module; it keeps its float simulation" in caplog.text
+    assert "keeps its float simulation" in caplog.text and "has no packed module" in caplog.text
     assert torch.equal(on_engine(x.contiguous()), expected)
     assert is_binary(on_engine.body[0]) and form_of(on_engine.body[0], "packed") is None
 

@@ -1,7 +1,8 @@
 """The packed XNOR-popcount engine: CPU inference kernels of binarized convs and linears
 (:mod:`.kernels`: the semantics, the packed layout, the fallback to the float simulation when
-the C++ extension is not built), the inference modules that run them and the swap that puts
-them into a network (:mod:`.modules`), banded execution of the last upsampling step (:mod:`.bands`),
+the C++ extension is not built, what the engine can run), the inference modules that run them
+and the swap that puts them into a network (:mod:`.modules`; :func:`engine_support` says
+beforehand whether a layer can run), banded execution of the last upsampling step (:mod:`.bands`),
 and ``bsr bench`` (:mod:`.bench`).
 """
 
@@ -14,7 +15,10 @@ from .kernels import (
     binary_conv2d,
     binary_linear,
     conv_counts,
+    conv_support,
     isa,
+    isa_problem,
+    linear_support,
     pack_input,
     pack_weight,
     reference_binary_conv2d,
@@ -29,7 +33,7 @@ from .kernels import (
     use_isa,
     xor_popcount_roofline,
 )
-from .modules import PackedBinaryConv2d, PackedBinaryLinear, is_packed, to_engine
+from .modules import PackedBinaryConv2d, PackedBinaryLinear, engine_support, is_packed, to_engine
 
 __all__ = [
     "BandedUpsample",
@@ -37,6 +41,7 @@ __all__ = [
     "ISAS",
     "PackedBinaryConv2d",
     "PackedBinaryLinear",
+    "engine_support",
     "is_packed",
     "to_engine",
     "SHORTCUTS",
@@ -45,7 +50,10 @@ __all__ = [
     "binary_conv2d",
     "binary_linear",
     "conv_counts",
+    "conv_support",
     "isa",
+    "isa_problem",
+    "linear_support",
     "pack_input",
     "pack_weight",
     "reference_binary_conv2d",

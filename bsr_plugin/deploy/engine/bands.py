@@ -31,10 +31,15 @@ from torch import Tensor, nn
 
 from ...conversion.dataflow import DataflowGraph, Node, default_probe, record_dataflow
 from ...core.replace import replace_by_identity
+from ...errors import EngineError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BAND_ROWS = 128
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def same_halo(module: nn.Module) -> Optional[int]:
@@ -71,12 +76,22 @@ class BandedUpsample(nn.Module):
     def __init__(self, first: nn.Module, last: nn.Module, upscale: int, shuffled: bool = False,
                  band_rows: int = DEFAULT_BAND_ROWS) -> None:
         super().__init__()
+        for what, module in (("first", first), ("last", last)):
+            if not isinstance(module, nn.Module):
+                raise EngineError(f"BandedUpsample: {what} must be an nn.Module (a size-keeping stride-1 conv), got "
+                                  f"{type(module).__name__}")
         halo_first, halo_last = same_halo(first), same_halo(last)
         if halo_first is None or halo_last is None:
-            raise ValueError("BandedUpsample needs two size-keeping stride-1 convs, got "
-                             f"{type(first).__name__} and {type(last).__name__}")
-        if upscale < 1 or band_rows < upscale or band_rows % upscale:
-            raise ValueError(f"band_rows must be a positive multiple of the upscale factor {upscale}, got {band_rows}")
+            raise EngineError("BandedUpsample needs two size-keeping stride-1 convs (first, last), got "
+                              f"{type(first).__name__} and {type(last).__name__}")
+        if not _is_int(upscale) or upscale < 1:
+            raise EngineError(f"BandedUpsample: upscale must be a positive int (the pixel shuffle's factor), got "
+                              f"{upscale!r}")
+        if not _is_int(band_rows) or band_rows < upscale or band_rows % upscale:
+            raise EngineError(f"BandedUpsample: band_rows must be a positive multiple of the upscale factor {upscale}, "
+                              f"got {band_rows!r}")
+        if not isinstance(shuffled, bool):
+            raise EngineError(f"BandedUpsample: shuffled must be a bool, got {shuffled!r}")
         self.first, self.last = first, last
         self.upscale, self.shuffled, self.band_rows = upscale, shuffled, band_rows
         self.halo_first, self.halo_last = halo_first, halo_last

@@ -11,6 +11,9 @@ libgomp as torch's); ``-ffp-contract=off`` keeps ``scale * dot + bias`` two roun
 the float simulation; ``-g0`` overrides the ``-g`` setuptools takes from Python's flags (debug
 information would double the compile time and the size of the ``.so``).
 
+The kernels are x86-64 only (SSE/AVX intrinsics, ``target`` attributes): on any other machine
+the extension is not built, with one warning, and the package uses the float simulation.
+
 This module imports nothing from ``bsr_plugin`` (``setup.py`` loads it by path) and imports
 torch only inside functions, so that an install without torch still works.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -28,7 +32,10 @@ EXT_NAME = "bsr_plugin.deploy.engine._C"
 ROOT = Path(__file__).resolve().parents[3]  # the repository root (where setup.py is)
 _CSRC = "bsr_plugin/deploy/engine/csrc"
 SOURCES = [f"{_CSRC}/engine.cpp"]  # relative to ROOT, as setuptools wants
-DEPENDS = [f"{_CSRC}/kernels.h"]
+# the headers engine.cpp includes (a change to one rebuilds the extension)
+DEPENDS = [f"{_CSRC}/{name}" for name in (
+    "common.h", "isa_kernels.h", "pack.h", "popcount_scalar.h", "popcount_avx2.h", "popcount_avx512.h",
+    "vectors_avx2.h", "vectors_avx512.h", "weights.h", "epilogue.h", "pixel_shuffle.h", "tiles.h")]
 CXX_FLAGS = ["-O3", "-g0", "-fopenmp", "-ffp-contract=off", "-Wno-psabi"]
 LINK_FLAGS = ["-fopenmp"]
 REBUILD_HINT = "rebuild with: pip install --no-build-isolation -e ."
@@ -37,6 +44,16 @@ REBUILD_HINT = "rebuild with: pip install --no-build-isolation -e ."
 def _warn(message: str) -> None:
     # setup.py context: no logging configured, and pip shows the build's stderr with -v
     print(f"WARNING: bsr_plugin packed engine: {message}", file=sys.stderr, flush=True)
+
+
+def is_x86_64() -> bool:
+    """True on an x86-64 machine, the only one the C++ engine builds for."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _not_x86_64() -> str:
+    return (f"the C++ engine is x86-64 only and this machine is {platform.machine() or 'unknown'}: the package "
+            f"uses the float simulation")
 
 
 def extension() -> Any:
@@ -67,8 +84,12 @@ def safe_build_ext() -> type:
 
 
 def setup_kwargs() -> dict[str, Any]:
-    """``ext_modules`` and ``cmdclass`` for ``setuptools.setup``; empty, with a warning, when
-    torch is not importable at build time (install with ``--no-build-isolation``)."""
+    """``ext_modules`` and ``cmdclass`` for ``setuptools.setup``; empty, with a warning, on a
+    machine that is not x86-64 or when torch is not importable at build time (install with
+    ``--no-build-isolation``)."""
+    if not is_x86_64():
+        _warn(f"installing without the C++ extension: {_not_x86_64()}")
+        return {}
     try:
         import torch.utils.cpp_extension  # noqa: F401
     except Exception as err:  # noqa: BLE001
@@ -98,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the packed engine's C++ extension in place.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the compiler commands")
     args = parser.parse_args(argv)
+    if not is_x86_64():
+        _warn(f"nothing to build: {_not_x86_64()}")
+        return 1
     seconds = build_inplace(args.verbose)
     built = sorted(p.name for p in (ROOT / "bsr_plugin" / "deploy" / "engine").glob("_C*.so"))
     print(f"built {', '.join(built) or '(nothing?)'} in {seconds:.1f} s")

@@ -27,9 +27,18 @@ does not load, :func:`available` is False, :func:`unavailable_reason` says why, 
 public op runs its pure-PyTorch reference (``reference_*``), so callers never branch. The ops
 are for inference: they do not record gradients.
 
+The native kernels are x86-64 only: elsewhere the extension is not built (``build.py`` says so
+in one warning) and the ops run the float simulation.
+
 The instruction set is chosen at run time: the environment variable
 ``BSR_ENGINE_ISA=auto|avx512|avx2|scalar`` (default ``auto``, the best the CPU has), or
-:func:`set_isa` / :func:`use_isa` (tests, benchmarks). Threads: ``torch.set_num_threads``.
+:func:`set_isa` / :func:`use_isa` (tests, benchmarks); :func:`isa_problem` says when the
+setting cannot be used. Threads: ``torch.set_num_threads``.
+
+Errors: an argument an op cannot take raises :class:`bsr_plugin.EngineError` (a ``ValueError``)
+naming the function, the argument, what it got and what is accepted. :func:`conv_support` /
+:func:`linear_support` say beforehand whether a layer shape can run at all (``groups == 1``,
+``C * KH * KW < 2**24``); the per-call arguments are checked by each op.
 """
 
 from __future__ import annotations
@@ -37,11 +46,15 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from typing import Iterator, Optional, Sequence, Tuple, Union
+import platform
+from typing import Any, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ...core.layers import channel_shortcut
+from ...errors import EngineError
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +62,11 @@ SHORTCUTS = ("none", "identity", "repeat", "mean")
 _SHORTCUT_CODES = {name: i for i, name in enumerate(SHORTCUTS)}
 ISAS = ("avx512", "avx2", "scalar")
 REBUILD_HINT = "rebuild with pip install --no-build-isolation -e ."
+# The ops this module calls: an extension built from older sources lacks some (rebuild it).
+_OPS = ("pack_input", "pack_weight", "conv_counts", "binary_conv2d", "binary_linear", "xor_popcount_roofline",
+        "set_isa", "get_isa", "isa_setting", "isa_problem", "available_isas")
+# in_channels * KH * KW (a linear: in_features) below this: the float sums of +-1 are exact.
+MAX_KERNEL_VOLUME = 1 << 24
 
 IntPair = Union[int, Sequence[int]]
 Padding = Union[int, Sequence[int]]
@@ -62,12 +80,17 @@ def _load() -> Optional[str]:
         importlib.import_module(name)
     except ModuleNotFoundError as err:
         if err.name == name:
+            if platform.machine().lower() not in ("x86_64", "amd64"):  # build.py builds nothing there
+                return f"not built: the C++ engine is x86-64 only, this machine is {platform.machine() or 'unknown'}"
             return f"not built: {REBUILD_HINT}"
         return f"import failed ({err}): {REBUILD_HINT}"
     except Exception as err:  # noqa: BLE001 - e.g. undefined symbols: built for another torch
         return f"import failed ({type(err).__name__}: {err}); it may be built for another torch: {REBUILD_HINT}"
-    if not hasattr(torch.ops.bsr_engine, "binary_conv2d"):
+    missing = [op for op in _OPS if not hasattr(torch.ops.bsr_engine, op)]
+    if len(missing) == len(_OPS):
         return f"the extension loaded but registered no ops: {REBUILD_HINT}"
+    if missing:
+        return f"the extension is older than this package (no op {', '.join(missing)}): {REBUILD_HINT}"
     return None
 
 
@@ -94,19 +117,27 @@ def _ops():
     return torch.ops.bsr_engine
 
 
+def isa_problem() -> Optional[str]:
+    """Why the native ops cannot run with the current ISA setting (``BSR_ENGINE_ISA`` names an
+    unknown ISA or one this CPU lacks), or None (also when the extension is unavailable)."""
+    if not available():
+        return None
+    return str(_ops().isa_problem()) or None
+
+
 def isa() -> str:
     """The instruction set the native ops use now (``avx512``, ``avx2``, ``scalar``), or
     ``reference`` when the extension is unavailable.
 
     Raises:
-        ValueError: ``BSR_ENGINE_ISA`` names an unknown ISA or one this CPU lacks.
+        EngineError: ``BSR_ENGINE_ISA`` names an unknown ISA or one this CPU lacks.
     """
     if not available():
         return "reference"
-    try:
-        return str(_ops().get_isa())
-    except RuntimeError as err:
-        raise ValueError(_first_line(err)) from None
+    problem = isa_problem()
+    if problem is not None:
+        raise EngineError(problem)
+    return str(_ops().get_isa())
 
 
 def available_isas() -> list[str]:
@@ -119,14 +150,14 @@ def set_isa(name: str) -> None:
     ``scalar``, or ``env`` (back to ``BSR_ENGINE_ISA``). Not thread-local.
 
     Raises:
-        ValueError: unknown name, an ISA the CPU lacks, or the extension is unavailable.
+        EngineError: not a str, an unknown name, an ISA the CPU lacks, or the extension is
+            unavailable.
     """
+    if not isinstance(name, str):
+        raise EngineError(f"set_isa: name must be a str (auto, env, {', '.join(ISAS)}), got {type(name).__name__}")
     if not available():
-        raise ValueError(f"cannot select ISA {name!r}: the packed engine is unavailable ({_UNAVAILABLE})")
-    try:
-        _ops().set_isa(str(name))
-    except RuntimeError as err:
-        raise ValueError(_first_line(err)) from None
+        raise EngineError(f"set_isa: cannot select ISA {name!r}: the packed engine is unavailable ({_UNAVAILABLE})")
+    _native("set_isa", _ops().set_isa, name)
 
 
 @contextlib.contextmanager
@@ -145,42 +176,79 @@ def status_line() -> str:
     """One line for logs: ``packed engine: avx512, 2 threads`` or why it is unavailable."""
     if not available():
         return f"packed engine unavailable ({_UNAVAILABLE}): using the float simulation"
-    try:
-        name = isa()
-    except ValueError as err:
-        return f"packed engine misconfigured ({err})"
+    problem = isa_problem()
+    if problem is not None:
+        return f"packed engine misconfigured ({problem})"
     threads = torch.get_num_threads()
-    return f"packed engine: {name}, {threads} thread{'s' if threads != 1 else ''}"
+    return f"packed engine: {isa()}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
+def _native(fn: str, op: Any, *args: Any) -> Any:
+    """Call a native op. Its argument checks raise ValueError (TORCH_CHECK_VALUE): an
+    :class:`EngineError` naming ``fn``; the allocator running out: MemoryError (callers such as
+    ``bsr run`` turn it into "use --tile"); any other failure is a bug and propagates as it is."""
+    try:
+        return op(*args)
+    except ValueError as err:
+        raise EngineError(f"{fn}: {_first_line(err)}") from None
+    except RuntimeError as err:
+        text = _first_line(err)
+        if "can't allocate memory" in text or "out of memory" in text.lower():
+            raise MemoryError(text) from None
+        raise
+
+
 # ---------------------------------------------------------------------------------------
-# Argument normalisation and validation (shared by the native and the reference paths)
+# Argument normalisation and validation (shared by the native and the reference paths);
+# every rejection is an EngineError naming the function, the argument, what it got and what
+# is accepted.
 # ---------------------------------------------------------------------------------------
 
-def _pair(v: IntPair, what: str, minimum: int) -> tuple[int, int]:
-    vals = (v, v) if isinstance(v, int) else tuple(v)
-    if len(vals) == 2 and type(vals[0]) is int and type(vals[1]) is int and min(vals) >= minimum:
-        return vals  # type: ignore[return-value]
-    if len(vals) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in vals):
-        raise ValueError(f"{what} must be an int or a pair of ints, got {v!r}")
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _positive_int(v: Any, what: str, fn: str) -> int:
+    if not _is_int(v) or v < 1:
+        raise EngineError(f"{fn}: {what} must be a positive int, got {v!r}")
+    return int(v)
+
+
+def _pair_problem(v: Any, what: str, minimum: int) -> Optional[str]:
+    """Why ``v`` is not an int or a pair of ints, each >= minimum (None when it is)."""
+    vals = (v, v) if _is_int(v) else tuple(v) if isinstance(v, (tuple, list, torch.Size)) else None
+    if vals is None or len(vals) != 2 or not all(_is_int(i) for i in vals):
+        return f"{what} must be an int or a pair of ints (each >= {minimum}), got {v!r}"
     if min(vals) < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, got {v!r}")
+        return f"{what} must be >= {minimum}, got {v!r}"
+    return None
+
+
+def _pair(v: IntPair, what: str, minimum: int, fn: str) -> tuple[int, int]:
+    if type(v) is int and v >= minimum:
+        return v, v
+    if isinstance(v, tuple) and len(v) == 2 and type(v[0]) is int and type(v[1]) is int and min(v) >= minimum:
+        return v  # type: ignore[return-value]  (the packed modules' own sizes)
+    problem = _pair_problem(v, what, minimum)
+    if problem is not None:
+        raise EngineError(f"{fn}: {problem}")
+    vals = (v, v) if _is_int(v) else tuple(v)  # type: ignore[arg-type]
     return int(vals[0]), int(vals[1])
 
 
-def _padding4(padding: Padding) -> tuple[int, int, int, int]:
+def _padding4(padding: Padding, fn: str) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) from an int, (ph, pw) or (top, bottom, left, right)."""
-    vals = (padding,) if isinstance(padding, int) else tuple(padding)
-    if len(vals) == 4 and all(type(i) is int and i >= 0 for i in vals):
-        return vals  # type: ignore[return-value]
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in vals) or len(vals) not in (1, 2, 4):
-        raise ValueError(f"padding must be an int, (ph, pw) or (top, bottom, left, right), got {padding!r}")
+    if isinstance(padding, tuple) and len(padding) == 4 and all(type(i) is int and i >= 0 for i in padding):
+        return padding  # type: ignore[return-value]  (the packed modules' own padding)
+    vals = (padding,) if _is_int(padding) else tuple(padding) if isinstance(padding, (tuple, list)) else None
+    if vals is None or not all(_is_int(i) for i in vals) or len(vals) not in (1, 2, 4):
+        raise EngineError(f"{fn}: padding must be an int, (ph, pw) or (top, bottom, left, right), got {padding!r}")
     if min(vals) < 0:
-        raise ValueError(f"padding must be non-negative, got {padding!r}")
+        raise EngineError(f"{fn}: padding must be non-negative, got {padding!r}")
     if len(vals) == 1:
         return (vals[0],) * 4
     if len(vals) == 2:
@@ -188,24 +256,31 @@ def _padding4(padding: Padding) -> tuple[int, int, int, int]:
     return vals[0], vals[1], vals[2], vals[3]
 
 
-def _check_tensor(t: Tensor, what: str, fn: str) -> None:
+def _check_tensor(t: Any, what: str, fn: str) -> None:
     if not isinstance(t, Tensor):
-        raise ValueError(f"{fn}: {what} must be a torch.Tensor, got {type(t).__name__}")
+        raise EngineError(f"{fn}: {what} must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
-        raise ValueError(f"{fn}: {what} is on {t.device}; the packed engine runs on the CPU: move it with .cpu()")
+        raise EngineError(f"{fn}: {what} is on {t.device}; the packed engine runs on the CPU: move it with .cpu()")
 
 
-def _check_float_input(x: Tensor, what: str, fn: str) -> None:
+def _check_float_input(x: Any, what: str, fn: str) -> None:
     _check_tensor(x, what, fn)
     if x.dtype != torch.float32:
-        raise ValueError(f"{fn}: {what} must be float32, got {x.dtype}: convert it with .float()")
+        raise EngineError(f"{fn}: {what} must be float32, got {x.dtype}: convert it with .float()")
 
 
-def _check_packed(t: Tensor, what: str, fn: str, dims: int, layout: str) -> None:
+def _check_image(x: Any, fn: str) -> None:
+    """x: a float32 CPU tensor [N, C, H, W] with C >= 1."""
+    _check_float_input(x, "x", fn)
+    if x.dim() != 4 or x.shape[1] < 1:
+        raise EngineError(f"{fn}: x must be [N, C, H, W] with C >= 1, got shape {tuple(x.shape)}")
+
+
+def _check_packed(t: Any, what: str, fn: str, dims: int, layout: str) -> None:
     _check_tensor(t, what, fn)
     if t.dtype != torch.int64 or t.dim() != dims:
-        raise ValueError(f"{fn}: {what} must be an int64 tensor {layout} (from pack_weight / pack_input), "
-                         f"got {t.dtype} of shape {tuple(t.shape)}")
+        raise EngineError(f"{fn}: {what} must be an int64 tensor {layout} (from pack_weight / pack_input), "
+                          f"got {t.dtype} of shape {tuple(t.shape)}")
 
 
 def _vector(t: Optional[Tensor], n: int, what: str, fn: str) -> Optional[Tensor]:
@@ -217,9 +292,9 @@ def _vector(t: Optional[Tensor], n: int, what: str, fn: str) -> Optional[Tensor]
         return t  # already in the form the ops take (the common case: a module's buffers)
     _check_tensor(t, what, fn)
     if not t.is_floating_point():
-        raise ValueError(f"{fn}: {what} must be a floating point tensor, got {t.dtype}")
+        raise EngineError(f"{fn}: {what} must be a floating point tensor, got {t.dtype}")
     if t.numel() != n or sum(int(d) != 1 for d in t.shape) > 1:
-        raise ValueError(f"{fn}: {what} must hold one value per channel ({n}), got shape {tuple(t.shape)}")
+        raise EngineError(f"{fn}: {what} must hold one value per channel ({n}), got shape {tuple(t.shape)}")
     return t.detach().reshape(n).to(torch.float32).contiguous()
 
 
@@ -227,26 +302,71 @@ def _rprelu(rprelu: RPReLU, n: int, fn: str) -> Optional[tuple[Tensor, Tensor, T
     if rprelu is None:
         return None
     if not isinstance(rprelu, (tuple, list)) or len(rprelu) != 3:
-        raise ValueError(f"{fn}: rprelu must be None or a tuple (shift_in, slope, shift_out) of [{n}] tensors")
+        got = f"a {type(rprelu).__name__} of {len(rprelu)}" if isinstance(rprelu, (tuple, list)) else \
+            type(rprelu).__name__
+        raise EngineError(f"{fn}: rprelu must be None or a tuple (shift_in, slope, shift_out) of [{n}] tensors, "
+                          f"got {got}")
     names = ("rprelu shift_in", "rprelu slope", "rprelu shift_out")
     return tuple(_vector(t, n, name, fn) for name, t in zip(names, rprelu))  # type: ignore[return-value]
 
 
 def _shortcut(shortcut: str, c_in: int, c_out: int, fn: str) -> int:
-    if shortcut not in _SHORTCUT_CODES:
-        raise ValueError(f"{fn}: unknown shortcut {shortcut!r}; choose one of {SHORTCUTS}")
+    if not isinstance(shortcut, str) or shortcut not in _SHORTCUT_CODES:
+        raise EngineError(f"{fn}: unknown shortcut {shortcut!r}; choose one of {SHORTCUTS}")
     if shortcut == "identity" and c_in != c_out:
-        raise ValueError(f"{fn}: the identity shortcut needs as many outputs as inputs, got {c_in} -> {c_out}: "
-                         f"use 'repeat' / 'mean' where they divide, or 'none'")
+        raise EngineError(f"{fn}: the identity shortcut needs as many outputs as inputs, got {c_in} -> {c_out}: "
+                          f"use 'repeat' / 'mean' where they divide, or 'none'")
     if shortcut == "repeat" and c_out % c_in:
-        raise ValueError(f"{fn}: the repeat shortcut needs outputs = k * inputs, got {c_in} -> {c_out}")
+        raise EngineError(f"{fn}: the repeat shortcut needs outputs = k * inputs, got {c_in} -> {c_out}")
     if shortcut == "mean" and c_in % c_out:
-        raise ValueError(f"{fn}: the mean shortcut needs inputs = k * outputs, got {c_in} -> {c_out}")
+        raise EngineError(f"{fn}: the mean shortcut needs inputs = k * outputs, got {c_in} -> {c_out}")
     return _SHORTCUT_CODES[shortcut]
 
 
 def _words(c: int) -> int:
     return (c + 63) // 64
+
+
+def _kernel_fits(h: int, w: int, kernel: tuple[int, int], dilation: tuple[int, int], what: str, fn: str) -> None:
+    spans = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
+    if h < spans[0] or w < spans[1]:
+        raise EngineError(f"{fn}: {what} ({h}x{w}) is smaller than the dilated kernel ({spans[0]}x{spans[1]}) of "
+                          f"kernel_size={kernel}, dilation={dilation}")
+
+
+# ---------------------------------------------------------------------------------------
+# Capability: what the packed engine runs at all, asked before any call
+# ---------------------------------------------------------------------------------------
+
+def conv_support(in_channels: int, out_channels: int, kernel_size: IntPair, groups: int = 1) -> Optional[str]:
+    """Why the packed engine cannot run a conv of this shape, or None when it can: one line for
+    a warning (``groups > 1``, ``in_channels * KH * KW`` of 2**24 or more, a size that is not a
+    positive int). Shapes it can run, it runs natively where :func:`available` (else on the
+    float simulation); the per-call arguments are checked by :func:`binary_conv2d`."""
+    for what, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+        if not _is_int(v) or v < 1:
+            return f"{what} must be a positive int, got {v!r}"
+    if groups != 1:
+        return f"groups={groups} is not supported by the packed engine (groups=1 only)"
+    problem = _pair_problem(kernel_size, "kernel_size", 1)
+    if problem is not None:
+        return problem
+    kh, kw = _pair(kernel_size, "kernel_size", 1, "conv_support")
+    if in_channels * kh * kw >= MAX_KERNEL_VOLUME:
+        return (f"in_channels * KH * KW = {in_channels * kh * kw} must be below 2**24 (exact float sums of the "
+                f"packed engine)")
+    return None
+
+
+def linear_support(in_features: int, out_features: int) -> Optional[str]:
+    """Why the packed engine cannot run a linear layer of this shape, or None when it can
+    (see :func:`conv_support`)."""
+    for what, v in (("in_features", in_features), ("out_features", out_features)):
+        if not _is_int(v) or v < 1:
+            return f"{what} must be a positive int, got {v!r}"
+    if in_features >= MAX_KERNEL_VOLUME:
+        return f"in_features={in_features} must be below 2**24 (exact float sums of the packed engine)"
+    return None
 
 
 class _ConvArgs:
@@ -257,55 +377,55 @@ class _ConvArgs:
                  threshold: Optional[Tensor], shortcut: str, rprelu: RPReLU, groups: int,
                  pixel_shuffle: int = 1) -> None:
         fn = "binary_conv2d"
-        if groups != 1:
-            raise ValueError(f"{fn}: groups={groups} is not supported by the packed engine (groups=1 only): keep this "
-                             f"layer on the float simulation")
-        _check_float_input(x, "x", fn)
-        if x.dim() != 4:
-            raise ValueError(f"{fn}: x must be [N, C, H, W], got shape {tuple(x.shape)}")
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"{fn}: in_channels must be a positive int, got {in_channels!r}")
+        if groups != 1 or not _is_int(groups):
+            raise EngineError(f"{fn}: groups={groups!r} is not supported by the packed engine (groups=1 only): keep "
+                              f"this layer on the float simulation")
+        _check_image(x, fn)
+        in_channels = _positive_int(in_channels, "in_channels", fn)
         if x.shape[1] != in_channels:
-            raise ValueError(f"{fn}: x has {x.shape[1]} channels but the layer has in_channels={in_channels}")
-        self.kernel = _pair(kernel_size, "kernel_size", 1)
+            raise EngineError(f"{fn}: x has {x.shape[1]} channels but the layer has in_channels={in_channels}")
+        self.kernel = _pair(kernel_size, "kernel_size", 1, fn)
         _check_packed(wp, "wp", fn, 4, "[O, KH, KW, ceil(C/64)]")
         expected = (self.kernel[0], self.kernel[1], _words(in_channels))
         if tuple(wp.shape[1:]) != expected or wp.shape[0] < 1:
-            raise ValueError(f"{fn}: packed weight of shape {tuple(wp.shape)} does not fit kernel_size={self.kernel} "
-                             f"and in_channels={in_channels} (expected [O, {expected[0]}, {expected[1]}, "
-                             f"{expected[2]}]): pack the layer's weight with pack_weight")
-        self.out_channels = int(wp.shape[0])
-        self.stride = _pair(stride, "stride", 1)
-        self.dilation = _pair(dilation, "dilation", 1)
-        self.padding = _padding4(padding)
+            raise EngineError(f"{fn}: wp (the packed weight) of shape {tuple(wp.shape)} does not fit kernel_size="
+                              f"{self.kernel} and in_channels={in_channels} (expected [O >= 1, {expected[0]}, "
+                              f"{expected[1]}, {expected[2]}]): pack the layer's weight with pack_weight")
+        self.out_channels = o = int(wp.shape[0])
+        problem = conv_support(in_channels, o, self.kernel)
+        if problem is not None:
+            raise EngineError(f"{fn}: {problem}")
+        self.stride = _pair(stride, "stride", 1, fn)
+        self.dilation = _pair(dilation, "dilation", 1, fn)
+        self.padding = _padding4(padding, fn)
         h, w = x.shape[2] + self.padding[0] + self.padding[1], x.shape[3] + self.padding[2] + self.padding[3]
+        _kernel_fits(h, w, self.kernel, self.dilation, f"x padded by padding={self.padding}", fn)
         spans = [d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel)]
-        if h < spans[0] or w < spans[1]:
-            raise ValueError(f"{fn}: the padded input ({h}x{w}) is smaller than the dilated kernel "
-                             f"({spans[0]}x{spans[1]})")
         self.out_size = ((h - spans[0]) // self.stride[0] + 1, (w - spans[1]) // self.stride[1] + 1)
+        self._epilogue(x, in_channels, scale, bias, threshold, shortcut, rprelu, fn)
+        r = pixel_shuffle
+        if type(r) is not int or r < 1:
+            raise EngineError(f"{fn}: pixel_shuffle must be a positive int (the upscale factor r), got {r!r}")
+        if o % (r * r):
+            raise EngineError(f"{fn}: pixel_shuffle={r} needs out_channels divisible by r^2 = {r * r}, got "
+                              f"out_channels={o}: use a conv with a multiple of {r * r} output channels, or "
+                              f"pixel_shuffle=1")
+        self.pixel_shuffle = r
+
+    def _epilogue(self, x: Tensor, in_channels: int, scale: Tensor, bias: Optional[Tensor],
+                  threshold: Optional[Tensor], shortcut: str, rprelu: RPReLU, fn: str) -> None:
         o = self.out_channels
         self.scale = _vector(scale, o, "scale", fn)
         if self.scale is None:
-            raise ValueError(f"{fn}: scale is required (one float per output channel)")
+            raise EngineError(f"{fn}: scale is required (one float per output channel), got None")
         self.bias = _vector(bias, o, "bias", fn)
         self.threshold = _vector(threshold, in_channels, "threshold", fn)
         self.rprelu = _rprelu(rprelu, o, fn)
         self.shortcut = shortcut
         self.shortcut_code = _shortcut(shortcut, in_channels, o, fn)
         if self.shortcut_code and self.out_size != tuple(x.shape[2:]):
-            raise ValueError(f"{fn}: a {shortcut} shortcut needs the output size {self.out_size} to equal the input "
-                             f"size {tuple(x.shape[2:])}: use stride 1 and 'same' padding, or shortcut='none'")
-        if in_channels * self.kernel[0] * self.kernel[1] >= 1 << 24:
-            raise ValueError(f"{fn}: C * KH * KW must be below 2**24 (exact float sums)")
-        r = pixel_shuffle
-        if type(r) is not int or r < 1:
-            raise ValueError(f"{fn}: pixel_shuffle must be a positive int (the upscale factor r), got {r!r}")
-        if o % (r * r):
-            raise ValueError(f"{fn}: pixel_shuffle={r} needs out_channels divisible by r^2 = {r * r}, got "
-                             f"out_channels={o}: use a conv with a multiple of {r * r} output channels, or "
-                             f"pixel_shuffle=1")
-        self.pixel_shuffle = r
+            raise EngineError(f"{fn}: a {shortcut} shortcut needs the output size {self.out_size} to equal the input "
+                              f"size {tuple(x.shape[2:])}: use stride 1 and 'same' padding, or shortcut='none'")
 
 
 class _LinearArgs:
@@ -315,21 +435,21 @@ class _LinearArgs:
                  threshold: Optional[Tensor], shortcut: str, rprelu: RPReLU) -> None:
         fn = "binary_linear"
         _check_float_input(x, "x", fn)
-        if not isinstance(in_features, int) or in_features < 1:
-            raise ValueError(f"{fn}: in_features must be a positive int, got {in_features!r}")
+        in_features = _positive_int(in_features, "in_features", fn)
         if x.dim() < 1 or x.shape[-1] != in_features:
-            raise ValueError(f"{fn}: x must be [..., {in_features}], got shape {tuple(x.shape)}")
+            raise EngineError(f"{fn}: x must be [..., {in_features}], got shape {tuple(x.shape)}")
         _check_packed(wp, "wp", fn, 2, "[N, ceil(K/64)]")
         if wp.shape[1] != _words(in_features) or wp.shape[0] < 1:
-            raise ValueError(f"{fn}: packed weight of shape {tuple(wp.shape)} does not fit in_features={in_features} "
-                             f"(expected [N, {_words(in_features)}]): pack the layer's weight with pack_weight")
-        if in_features >= 1 << 24:
-            raise ValueError(f"{fn}: in_features must be below 2**24 (exact float sums)")
-        n = int(wp.shape[0])
-        self.out_features = n
+            raise EngineError(f"{fn}: wp (the packed weight) of shape {tuple(wp.shape)} does not fit in_features="
+                              f"{in_features} (expected [N >= 1, {_words(in_features)}]): pack the layer's weight "
+                              f"with pack_weight")
+        n = self.out_features = int(wp.shape[0])
+        problem = linear_support(in_features, n)
+        if problem is not None:
+            raise EngineError(f"{fn}: {problem}")
         self.scale = _vector(scale, n, "scale", fn)
         if self.scale is None:
-            raise ValueError(f"{fn}: scale is required (one float per output feature)")
+            raise EngineError(f"{fn}: scale is required (one float per output feature), got None")
         self.bias = _vector(bias, n, "bias", fn)
         self.threshold = _vector(threshold, in_features, "threshold", fn)
         self.rprelu = _rprelu(rprelu, n, fn)
@@ -367,15 +487,6 @@ def _signs(x: Tensor, threshold: Optional[Tensor], dim: int) -> Tensor:
     return torch.where(x >= 0, 1.0, -1.0).to(torch.float32)
 
 
-def _channel_shortcut(x: Tensor, mode: str, c_in: int, c_out: int, dim: int) -> Tensor:
-    if mode == "identity":
-        return x
-    if mode == "repeat":
-        return x.repeat_interleave(c_out // c_in, dim=dim)
-    d = dim % x.dim()
-    return x.unflatten(d, (c_out, c_in // c_out)).mean(d + 1)
-
-
 def _epilogue(dot: Tensor, scale: Tensor, bias: Optional[Tensor], rprelu, dim: int) -> Tensor:
     shape = [1] * dot.dim()
     shape[dim] = -1
@@ -390,24 +501,30 @@ def _epilogue(dot: Tensor, scale: Tensor, bias: Optional[Tensor], rprelu, dim: i
     return y
 
 
+def _check_weight(w: Any, fn: str) -> None:
+    _check_float_input(w, "w", fn)
+    if w.dim() not in (2, 4) or w.shape[1] < 1:
+        raise EngineError(f"{fn}: w must be a conv weight [O, C, KH, KW] or a linear weight [N, K] with C, K >= 1, "
+                          f"got shape {tuple(w.shape)}")
+
+
 def reference_pack_weight(w: Tensor) -> Tensor:
     """:func:`pack_weight` in PyTorch."""
-    _check_float_input(w, "w", "pack_weight")
+    _check_weight(w, "pack_weight")
     if w.dim() == 4:
         return _bits_to_words(w.detach().permute(0, 2, 3, 1) >= 0)
-    if w.dim() == 2:
-        return _bits_to_words(w.detach() >= 0)
-    raise ValueError(f"pack_weight: w must be a conv weight [O, C, KH, KW] or a linear weight [N, K], "
-                     f"got shape {tuple(w.shape)}")
+    return _bits_to_words(w.detach() >= 0)
 
 
 def unpack_weight(wp: Tensor, in_channels: int) -> Tensor:
     """The +-1 float32 weight packed in ``wp``: [O, KH, KW, CW] -> [O, C, KH, KW] (conv) or
     [N, CW] -> [N, K] (linear), with ``in_channels`` = C or K."""
-    _check_tensor(wp, "wp", "unpack_weight")
+    fn = "unpack_weight"
+    _check_tensor(wp, "wp", fn)
+    in_channels = _positive_int(in_channels, "in_channels", fn)
     if wp.dtype != torch.int64 or wp.dim() not in (2, 4) or wp.shape[-1] != _words(in_channels):
-        raise ValueError(f"unpack_weight: wp must be int64 [O, KH, KW, CW] or [N, CW] with CW = "
-                         f"ceil({in_channels} / 64) = {_words(in_channels)}, got {wp.dtype} {tuple(wp.shape)}")
+        raise EngineError(f"{fn}: wp must be int64 [O, KH, KW, CW] or [N, CW] with CW = ceil({in_channels} / 64) = "
+                          f"{_words(in_channels)}, got {wp.dtype} {tuple(wp.shape)}")
     signs = _words_to_signs(wp, in_channels)
     return signs.permute(0, 3, 1, 2).contiguous() if wp.dim() == 4 else signs
 
@@ -415,11 +532,9 @@ def unpack_weight(wp: Tensor, in_channels: int) -> Tensor:
 def reference_pack_input(x: Tensor, threshold: Optional[Tensor] = None, padding: Padding = 0) -> Tensor:
     """:func:`pack_input` in PyTorch."""
     fn = "pack_input"
-    _check_float_input(x, "x", fn)
-    if x.dim() != 4:
-        raise ValueError(f"{fn}: x must be [N, C, H, W], got shape {tuple(x.shape)}")
+    _check_image(x, fn)
     threshold = _vector(threshold, x.shape[1], "threshold", fn)
-    pt, pb, pl, pr = _padding4(padding)
+    pt, pb, pl, pr = _padding4(padding, fn)
     bits = (_signs(x.detach(), threshold, 1) > 0).permute(0, 2, 3, 1)  # [N, H, W, C]
     bits = F.pad(bits.to(torch.uint8), (0, 0, pl, pr, pt, pb), value=1).bool()
     return _bits_to_words(bits)
@@ -428,10 +543,9 @@ def reference_pack_input(x: Tensor, threshold: Optional[Tensor] = None, padding:
 def reference_conv_counts(xp: Tensor, wp: Tensor, in_channels: int, kernel_size: IntPair, stride: IntPair = 1,
                           dilation: IntPair = 1) -> Tensor:
     """:func:`conv_counts` in PyTorch."""
-    _check_conv_counts(xp, wp, in_channels, kernel_size)
+    stride, dilation = _check_conv_counts(xp, wp, in_channels, kernel_size, stride, dilation)
     xs = _words_to_signs(xp, in_channels).permute(0, 3, 1, 2)
-    dot = F.conv2d(xs, unpack_weight(wp, in_channels), stride=_pair(stride, "stride", 1),
-                   dilation=_pair(dilation, "dilation", 1))
+    dot = F.conv2d(xs, unpack_weight(wp, in_channels), stride=stride, dilation=dilation)
     return dot.round().to(torch.int32)
 
 
@@ -450,7 +564,7 @@ def reference_binary_conv2d(x: Tensor, wp: Tensor, *, in_channels: int, kernel_s
         dot = F.conv2d(xb, unpack_weight(wp, in_channels), stride=a.stride, dilation=a.dilation)
         y = _epilogue(dot, a.scale, a.bias, a.rprelu, 1)
         if a.shortcut_code:
-            y = y + _channel_shortcut(x, shortcut, in_channels, a.out_channels, 1)
+            y = y + channel_shortcut(x, shortcut, in_channels, a.out_channels, 1)
         if a.pixel_shuffle > 1:
             y = F.pixel_shuffle(y, a.pixel_shuffle)
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
@@ -467,7 +581,7 @@ def reference_binary_linear(x: Tensor, wp: Tensor, *, in_features: int, scale: T
         dot = F.linear(_signs(x, a.threshold, -1), unpack_weight(wp, in_features))
         y = _epilogue(dot, a.scale, a.bias, a.rprelu, -1)
         if a.shortcut_code:
-            y = y + _channel_shortcut(x, shortcut, in_features, a.out_features, -1)
+            y = y + channel_shortcut(x, shortcut, in_features, a.out_features, -1)
         return y
 
 
@@ -479,24 +593,13 @@ def _detached(x: Tensor) -> Tensor:
     return x.detach() if x.requires_grad else x
 
 
-def _native_error(err: RuntimeError) -> Exception:
-    """A native failure as a Python one: the allocator running out -> MemoryError (callers
-    such as ``bsr run`` turn it into "use --tile"), anything else -> ValueError (bad input)."""
-    text = _first_line(err)
-    if "can't allocate memory" in text or "out of memory" in text.lower():
-        return MemoryError(text)
-    return ValueError(text)
-
-
 def pack_weight(w: Tensor) -> Tensor:
     """Pack a float weight's signs (bit 1 where ``w >= 0``): a conv weight [O, C, KH, KW] ->
     int64 [O, KH, KW, ceil(C / 64)], a linear weight [N, K] -> int64 [N, ceil(K / 64)]."""
     if not available():
         return reference_pack_weight(w)
-    _check_float_input(w, "w", "pack_weight")
-    if w.dim() not in (2, 4):
-        return reference_pack_weight(w)  # raises the shape error
-    return _ops().pack_weight(w.detach())
+    _check_weight(w, "pack_weight")
+    return _native("pack_weight", _ops().pack_weight, w.detach())
 
 
 def pack_input(x: Tensor, threshold: Optional[Tensor] = None, padding: Padding = (0, 0, 0, 0)) -> Tensor:
@@ -506,29 +609,29 @@ def pack_input(x: Tensor, threshold: Optional[Tensor] = None, padding: Padding =
     if not available():
         return reference_pack_input(x, threshold, padding)
     fn = "pack_input"
-    _check_float_input(x, "x", fn)
-    if x.dim() != 4:
-        raise ValueError(f"{fn}: x must be [N, C, H, W], got shape {tuple(x.shape)}")
-    if x.shape[1] < 1:
-        raise ValueError(f"{fn}: x has no channels")
+    _check_image(x, fn)
     threshold = _vector(threshold, x.shape[1], "threshold", fn)
-    try:
-        return _ops().pack_input(x.detach(), threshold, list(_padding4(padding)))
-    except RuntimeError as err:
-        raise _native_error(err) from None
+    return _native(fn, _ops().pack_input, x.detach(), threshold, list(_padding4(padding, fn)))
 
 
-def _check_conv_counts(xp: Tensor, wp: Tensor, in_channels: int, kernel_size: IntPair) -> None:
+def _check_conv_counts(xp: Tensor, wp: Tensor, in_channels: int, kernel_size: IntPair, stride: IntPair,
+                       dilation: IntPair) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Checks the arguments of conv_counts; returns (stride, dilation) as pairs."""
     fn = "conv_counts"
     _check_packed(xp, "xp", fn, 4, "[N, Hp, Wp, ceil(C/64)]")
     _check_packed(wp, "wp", fn, 4, "[O, KH, KW, ceil(C/64)]")
-    if not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"{fn}: in_channels must be a positive int, got {in_channels!r}")
-    kh, kw = _pair(kernel_size, "kernel_size", 1)
+    in_channels = _positive_int(in_channels, "in_channels", fn)
+    kh, kw = _pair(kernel_size, "kernel_size", 1, fn)
     cw = _words(in_channels)
-    if tuple(wp.shape[1:]) != (kh, kw, cw) or xp.shape[3] != cw:
-        raise ValueError(f"{fn}: xp {tuple(xp.shape)} / wp {tuple(wp.shape)} do not fit in_channels={in_channels}, "
-                         f"kernel_size={(kh, kw)} (expected {cw} words per pixel and wp [O, {kh}, {kw}, {cw}])")
+    if tuple(wp.shape[1:]) != (kh, kw, cw) or xp.shape[3] != cw or wp.shape[0] < 1:
+        raise EngineError(f"{fn}: xp {tuple(xp.shape)} / wp {tuple(wp.shape)} do not fit in_channels={in_channels}, "
+                          f"kernel_size={(kh, kw)} (expected {cw} words per pixel and wp [O >= 1, {kh}, {kw}, {cw}])")
+    problem = conv_support(in_channels, int(wp.shape[0]), (kh, kw))
+    if problem is not None:
+        raise EngineError(f"{fn}: {problem}")
+    stride, dilation = _pair(stride, "stride", 1, fn), _pair(dilation, "dilation", 1, fn)
+    _kernel_fits(xp.shape[1], xp.shape[2], (kh, kw), dilation, "xp (the padded input)", fn)
+    return stride, dilation
 
 
 def conv_counts(xp: Tensor, wp: Tensor, in_channels: int, kernel_size: IntPair, stride: IntPair = 1,
@@ -537,12 +640,8 @@ def conv_counts(xp: Tensor, wp: Tensor, in_channels: int, kernel_size: IntPair, 
     with a packed weight: int32 [N, O, Ho, Wo] equal to ``conv2d(sign(pad(x)), sign(w))``."""
     if not available():
         return reference_conv_counts(xp, wp, in_channels, kernel_size, stride, dilation)
-    _check_conv_counts(xp, wp, in_channels, kernel_size)
-    try:
-        return _ops().conv_counts(xp, wp, in_channels, list(_pair(stride, "stride", 1)),
-                                  list(_pair(dilation, "dilation", 1)))
-    except RuntimeError as err:
-        raise _native_error(err) from None
+    stride, dilation = _check_conv_counts(xp, wp, in_channels, kernel_size, stride, dilation)
+    return _native("conv_counts", _ops().conv_counts, xp, wp, in_channels, list(stride), list(dilation))
 
 
 def binary_conv2d(x: Tensor, wp: Tensor, *, in_channels: int, kernel_size: IntPair, stride: IntPair = 1,
@@ -580,11 +679,9 @@ def binary_conv2d(x: Tensor, wp: Tensor, *, in_channels: int, kernel_size: IntPa
                                        threshold=threshold, shortcut=shortcut, rprelu=rprelu, groups=groups,
                                        pixel_shuffle=pixel_shuffle)
     rp = a.rprelu or (None, None, None)
-    try:
-        return _ops().binary_conv2d(_detached(x), wp, in_channels, list(a.stride), list(a.padding), list(a.dilation),
-                                    a.scale, a.bias, a.threshold, a.shortcut_code, *rp, a.pixel_shuffle)
-    except RuntimeError as err:
-        raise _native_error(err) from None
+    return _native("binary_conv2d", _ops().binary_conv2d, _detached(x), wp, in_channels, list(a.stride),
+                   list(a.padding), list(a.dilation), a.scale, a.bias, a.threshold, a.shortcut_code, *rp,
+                   a.pixel_shuffle)
 
 
 def binary_linear(x: Tensor, wp: Tensor, *, in_features: int, scale: Tensor, bias: Optional[Tensor] = None,
@@ -597,10 +694,8 @@ def binary_linear(x: Tensor, wp: Tensor, *, in_features: int, scale: Tensor, bia
         return reference_binary_linear(x, wp, in_features=in_features, scale=scale, bias=bias, threshold=threshold,
                                        shortcut=shortcut, rprelu=rprelu)
     rp = a.rprelu or (None, None, None)
-    try:
-        return _ops().binary_linear(_detached(x), wp, in_features, a.scale, a.bias, a.threshold, a.shortcut_code, *rp)
-    except RuntimeError as err:
-        raise _native_error(err) from None
+    return _native("binary_linear", _ops().binary_linear, _detached(x), wp, in_features, a.scale, a.bias,
+                   a.threshold, a.shortcut_code, *rp)
 
 
 def xor_popcount_roofline(words: int = 512, repeats: int = 20000) -> float:
@@ -609,14 +704,16 @@ def xor_popcount_roofline(words: int = 512, repeats: int = 20000) -> float:
     registers, as in the conv's inner loop). Needs the native extension."""
     import time
 
+    fn = "xor_popcount_roofline"
+    words, repeats = _positive_int(words, "words", fn), _positive_int(repeats, "repeats", fn)
     if not available():
-        raise ValueError(f"xor_popcount_roofline needs the native extension ({_UNAVAILABLE})")
+        raise EngineError(f"{fn} needs the native extension ({_UNAVAILABLE})")
     words = max(8, words // 8 * 8)
     gen = torch.Generator().manual_seed(0)
     a = torch.randint(-(2**62), 2**62, (words,), dtype=torch.int64, generator=gen)
     w = torch.randint(-(2**62), 2**62, (32,), dtype=torch.int64, generator=gen)
-    _ops().xor_popcount_roofline(a, w, max(1, repeats // 10))  # warm up
+    _native(fn, _ops().xor_popcount_roofline, a, w, max(1, repeats // 10))  # warm up
     start = time.perf_counter()
-    _ops().xor_popcount_roofline(a, w, repeats)
+    _native(fn, _ops().xor_popcount_roofline, a, w, repeats)
     seconds = time.perf_counter() - start
     return torch.get_num_threads() * repeats * words * 4 / seconds

@@ -8,8 +8,9 @@ latent weight. Its forward is :func:`kernels.binary_conv2d` / :func:`kernels.bin
 (the C++ extension, or its float simulation where the extension is not built).
 
 :func:`to_engine` swaps every binarized layer of a network for its packed module (the
-network is changed in place, like ``convert``); a layer the engine cannot run (``groups > 1``)
-keeps its float simulation, with a warning that names it. Where one probe forward pass (the
+network is changed in place, like ``convert``); a layer the engine cannot run keeps its float
+simulation, with a warning that names it and says why (:func:`engine_support`, asked before
+any call: ``groups > 1``, binarization switched off, ...). Where one probe forward pass (the
 structure probe of ``convert``) shows a binarized conv whose only user is an ``nn.PixelShuffle``
 (an SR upsampler), the shuffle is fused into the conv's output pass and the ``PixelShuffle``
 module becomes an ``nn.Identity``: the unshuffled tensor, the largest of the network, is never
@@ -30,6 +31,7 @@ from ...conversion.dataflow import DataflowGraph, default_probe, record_dataflow
 from ...core.layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear, channel_shortcut
 from ...core.registry import form_of, is_binary, register_form
 from ...core.replace import replace_by_identity
+from ...errors import EngineError
 from . import kernels
 from .bands import band_chains, module_uses, shuffle_after, upsample_chains
 
@@ -77,8 +79,7 @@ class PackedBinaryConv2d(_PackedLayer):
 
     def __init__(self, layer: BinaryConv2d) -> None:
         super().__init__()
-        if layer.groups != 1:
-            raise ValueError(f"the packed engine runs groups=1 convs only, this one has groups={layer.groups}")
+        _check_layer(layer, BinaryConv2d, type(self).__name__)
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
         self.kernel_size, self.stride, self.dilation = layer.kernel_size, layer.stride, layer.dilation
         left, right, top, bottom = layer._reversed_padding_repeated_twice
@@ -118,6 +119,7 @@ class PackedBinaryLinear(_PackedLayer):
 
     def __init__(self, layer: BinaryLinear) -> None:
         super().__init__()
+        _check_layer(layer, BinaryLinear, type(self).__name__)
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self._take(layer)
 
@@ -139,20 +141,53 @@ def is_packed(module: nn.Module) -> bool:
     return isinstance(module, _PackedLayer)
 
 
-def _packed_for(name: str, layer: nn.Module) -> Optional[nn.Module]:
-    cls = form_of(layer, "packed")
-    if cls is None:
-        logger.warning("engine: %s (%s) has no packed module; it keeps its float simulation", name,
-                       type(layer).__name__)
-        return None
+def _packed_type(layer: nn.Module) -> Optional[type[_PackedLayer]]:
+    return form_of(layer, "packed")  # type: ignore[return-value]
+
+
+def engine_support(layer: nn.Module, native: bool = False) -> Optional[str]:
+    """Why ``layer`` cannot run on the packed engine, or None when it can: asked before any
+    call (``to_engine`` keeps a layer with a reason on its float simulation and warns with it;
+    the packed modules' constructors raise it as an :class:`~bsr_plugin.EngineError`).
+
+    A layer can run when it has a packed module (a :class:`~bsr_plugin.BinaryConv2d` or
+    :class:`~bsr_plugin.BinaryLinear`), both its binarizations are on, its weight is a floating
+    point CPU tensor and its shape is one the engine runs (:func:`kernels.conv_support`,
+    :func:`kernels.linear_support`: ``groups == 1``, ``C * KH * KW < 2**24``). Without the C++
+    extension such a layer still runs, on the float simulation; ``native=True`` also requires
+    the native kernels (the extension loaded and ``BSR_ENGINE_ISA`` usable).
+    """
+    if _packed_type(layer) is None:
+        return f"{type(layer).__name__} has no packed module (binarized convs and linears only)"
     if not layer.fully_binary:
-        logger.warning("engine: %s has binarization switched off; it keeps its float simulation", name)
+        return "its binarization is switched off (binarize_act and binarize_weight must both be on)"
+    weight = layer.weight
+    if not weight.is_floating_point() or weight.device.type != "cpu":
+        return f"its weight is {weight.dtype} on {weight.device}; the packed engine packs floating point CPU weights"
+    if isinstance(layer, BinaryConv2d):
+        problem = kernels.conv_support(layer.in_channels, layer.out_channels, layer.kernel_size, layer.groups)
+    else:
+        problem = kernels.linear_support(layer.in_features, layer.out_features)
+    if problem is None and native:
+        problem = kernels.unavailable_reason() or kernels.isa_problem()
+        problem = problem and f"the native kernels cannot run: {problem}"
+    return problem
+
+
+def _check_layer(layer: nn.Module, expected: type, name: str) -> None:
+    if not isinstance(layer, expected):
+        raise EngineError(f"{name}: layer must be a {expected.__name__}, got {type(layer).__name__}")
+    problem = engine_support(layer)
+    if problem is not None:
+        raise EngineError(f"{name}: the packed engine cannot run this layer: {problem}")
+
+
+def _packed_for(name: str, layer: nn.Module) -> Optional[nn.Module]:
+    problem = engine_support(layer)
+    if problem is not None:
+        logger.warning("engine: %s keeps its float simulation: %s", name, problem)
         return None
-    try:
-        return cls(layer)
-    except ValueError as err:
-        logger.warning("engine: %s keeps its float simulation: %s", name, err)
-        return None
+    return _packed_type(layer)(layer)  # type: ignore[misc]
 
 
 def _shuffle_fusions(model: nn.Module, graph: DataflowGraph) -> dict[str, str]:
