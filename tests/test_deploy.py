@@ -193,6 +193,31 @@ def test_packed_round_trip_bit_exact_edsr_baseline_x4(edsr_x4, tmp_path):
     assert loaded.bsr_config == edsr_x4.bsr_config and loaded.bsr_build == edsr_x4.bsr_build
 
 
+def test_engine_load_builds_straight_from_the_bits(edsr_x4, tmp_path, monkeypatch):
+    """``load_packed(engine="packed")`` never makes a binarized layer's fp32 latent weight: the
+    network is built with its parameters on the meta device, each packed module is made from the
+    file's sign bits, and only the full-precision parts are allocated and filled."""
+    from bsr_plugin.core.layers import BinaryLayerMixin
+
+    path = tmp_path / "edsr_x4.bsrpack"
+    export_packed(edsr_x4, path)
+    devices: list[str] = []
+    init = BinaryLayerMixin._init_binary
+
+    def spy(self, *args, **kwargs):
+        devices.append(self.weight.device.type)
+        return init(self, *args, **kwargs)
+
+    monkeypatch.setattr(BinaryLayerMixin, "_init_binary", spy)
+    net = load_packed(path, engine="packed")
+    assert devices and set(devices) == {"meta"}  # every binarized layer built (structure only) on meta
+    assert not any(bsr_plugin.is_binary(m) for m in net.modules())
+    assert not any(t.is_meta for t in net.state_dict().values()) and not net.mean.is_meta  # EDSR's plain tensor
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), edsr_x4(x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("scale", ["learned", "mean_abs", "none"])
 def test_packed_round_trip_scale_modes(scale, tmp_path):
     net = _as_if_trained(EDSRBin(num_feat=8, num_block=2, upscale=2,

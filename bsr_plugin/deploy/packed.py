@@ -31,16 +31,18 @@ from __future__ import annotations
 import copy
 import logging
 import sys
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..conversion import convert
+from ..core.bits import unpack_signs
 from ..core.layers import BinaryLayerMixin
-from ..core.registry import binary_layers, is_binary, require_fully_binary
+from ..core.registry import binary_layers, form_of, is_binary, require_fully_binary
 from ..errors import BuilderError, ConfigError, PackedFormatError
 from .builders import Builder, get_builder
 from .file_format import (
@@ -168,13 +170,61 @@ def export_packed(model: nn.Module, path: PathLike, *, fp16: bool = False) -> Pa
 
 
 # -- reading --------------------------------------------------------------------------------
+@contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """While building: every parameter a module registers goes to the meta device (allocated
+    for a moment on the CPU, one layer at a time); buffers stay real, and plain tensor
+    attributes (EDSR's ``mean``) keep the value they were first given, even where a probe
+    forward pass (``convert``'s) replaced them with meta tensors (EDSR's forward stores
+    ``self.mean.type_as(x)``). The network comes out ready to fill from a file, not to rebuild."""
+    register, set_attribute = nn.Module.register_parameter, nn.Module.__setattr__
+    first: dict[tuple[int, str], tuple[nn.Module, Tensor]] = {}
+
+    def to_meta(module: nn.Module, name: str, param: Optional[nn.Parameter]) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    def remember(module: nn.Module, name: str, value: Any) -> None:
+        if type(value) is Tensor and not value.is_meta and name not in module.__dict__.get("_buffers", {}):
+            first.setdefault((id(module), name), (module, value))
+        set_attribute(module, name, value)
+
+    nn.Module.register_parameter = to_meta  # type: ignore[method-assign]
+    nn.Module.__setattr__ = remember  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+        nn.Module.__setattr__ = set_attribute  # type: ignore[method-assign]
+        for (_, name), (module, value) in first.items():
+            current = module.__dict__.get(name)
+            if isinstance(current, Tensor) and current.is_meta:
+                module.__dict__[name] = value
+
+
+def _building(meta: str) -> Any:
+    """The context a network is built in: ``all`` on the meta device (nothing allocated: for
+    the size bound, before anything is trusted), ``params`` with its parameters there (buffers
+    and plain tensors real: to fill from the file), ``none`` for real."""
+    return torch.device("meta") if meta == "all" else _parameters_on_meta() if meta == "params" else nullcontext()
+
+
 def _build(path: Any, manifest: dict[str, Any], model: Optional[nn.Module], builder: Optional[Builder],
-           device: torch.device) -> nn.Module:
-    """A fresh binarized network of the file's structure on ``device`` (``model`` itself is not modified)."""
+           meta: str) -> nn.Module:
+    """A fresh binarized network of the file's structure, built as :func:`_building` says
+    (``model`` itself is not modified)."""
     config = manifest["config"]
-    with torch.device(device):
+    with _building(meta):
         if model is not None:
-            net = copy.deepcopy(model).to(device)
+            net = copy.deepcopy(model)
+            if meta == "all":
+                net = net.to("meta")
+            elif meta == "params":
+                for module in net.modules():
+                    for name, p in module._parameters.items():
+                        if p is not None:
+                            module._parameters[name] = nn.Parameter(p.detach().to("meta"), p.requires_grad)
         else:
             build = manifest["build"]
             if build is None and builder is None:
@@ -228,10 +278,10 @@ def _state_bytes(net: nn.Module) -> int:
 
 
 def _real_network(path: Any, manifest: dict[str, Any], model: Optional[nn.Module],
-                  builder: Optional[Builder]) -> nn.Module:
-    """:func:`_build` on the CPU; a spec or config the network rejects is the file's fault."""
+                  builder: Optional[Builder], meta: str) -> nn.Module:
+    """:func:`_build` after the size check; a spec or config the network rejects is the file's fault."""
     try:
-        return _build(path, manifest, model, builder, torch.device("cpu"))
+        return _build(path, manifest, model, builder, meta)
     except (BuilderError, PackedFormatError):
         raise
     except Exception as err:
@@ -240,12 +290,13 @@ def _real_network(path: Any, manifest: dict[str, Any], model: Optional[nn.Module
 
 
 def _check_size(path: Any, manifest: dict[str, Any], model: Optional[nn.Module], builder: Optional[Builder],
-                max_bytes: int) -> None:
+                max_bytes: int) -> Optional[nn.Module]:
     """Build the network on the meta device (no memory), verify it against the file and bound
-    its size, before anything real is allocated. A network that cannot run on the meta device
-    (data-dependent Python) is bounded by the file's own bytes instead."""
+    its size, before anything real is allocated; returns that meta network. A network that
+    cannot run on the meta device (data-dependent Python) is bounded by the file's own bytes
+    instead (``None``: it is then built for real, not straight from the bits)."""
     try:
-        meta = _build(path, manifest, model, builder, torch.device("meta"))
+        meta = _build(path, manifest, model, builder, meta="all")
     except (BuilderError, PackedFormatError):
         raise
     except Exception as err:
@@ -255,31 +306,101 @@ def _check_size(path: Any, manifest: dict[str, Any], model: Optional[nn.Module],
         if 32 * declared > max_bytes:
             raise refuse(path, f"its tensors ({declared:,} bytes) imply a network above the memory bound "
                                f"({max_bytes:,} bytes); raise max_bytes if that is expected") from None
-        return
+        return None
     _verify(path, manifest, meta)
     size = _state_bytes(meta)
     if size > max_bytes:
         raise refuse(path, f"the network it describes needs {size:,} bytes, above the memory bound ({max_bytes:,} "
                            "bytes); raise max_bytes if that is expected")
+    return meta
+
+
+def _binary_tensors(path: Any, e: dict[str, Any], tensors: dict[str, Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+    """A binarized layer's stored sign bytes and scale (``None``: stored without one)."""
+    name = e["name"]
+    signs = tensors.get(_key(name, "weight"))
+    scale = tensors.get(_key(name, "scale")) if e["stored_scale"] == "learned" else None
+    if signs is None or (e["stored_scale"] == "learned" and scale is None):
+        raise refuse(path, f"binarized layer {name!r}: its sign bits or its scale are not stored")
+    return signs, scale
+
+
+def _load_layer(path: Any, e: dict[str, Any], tensors: dict[str, Tensor], layer: BinaryLayerMixin) -> None:
+    signs, scale = _binary_tensors(path, e, tensors)
+    try:
+        load_layer_entry_(layer, e, signs, scale)
+    except ConfigError as err:
+        raise refuse(path, f"binarized layer {e['name']!r}: {err}") from None
+
+
+@torch.no_grad()
+def _load_fp(manifest: dict[str, Any], tensors: dict[str, Tensor], net: nn.Module) -> None:
+    """Every stored full-precision tensor into the network entry of its name."""
+    target = net.state_dict()
+    for t in manifest["tensors"]:
+        if t["kind"] == "fp" and t["name"] in target:
+            target[t["name"]].copy_(tensors[t["name"]].to(target[t["name"]].dtype))
 
 
 def _load_state(path: Any, manifest: dict[str, Any], tensors: dict[str, Tensor], net: nn.Module,
                 layers: dict[str, BinaryLayerMixin]) -> None:
     for e in manifest["binary_layers"]:
-        name, layer = e["name"], layers[e["name"]]
-        signs = tensors.get(_key(name, "weight"))
-        scale = tensors.get(_key(name, "scale")) if e["stored_scale"] == "learned" else None
-        if signs is None or (e["stored_scale"] == "learned" and scale is None):
-            raise refuse(path, f"binarized layer {name!r}: its sign bits or its scale are not stored")
-        try:
-            load_layer_entry_(layer, e, signs, scale)
-        except ConfigError as err:
-            raise refuse(path, f"binarized layer {name!r}: {err}") from None
-    fp = {t["name"]: tensors[t["name"]] for t in manifest["tensors"] if t["kind"] == "fp"}
-    target = net.state_dict()
-    with torch.no_grad():
-        for key, value in fp.items():
-            target[key].copy_(value.to(target[key].dtype))
+        _load_layer(path, e, tensors, layers[e["name"]])
+    _load_fp(manifest, tensors, net)
+
+
+def _layer_state(path: Any, e: dict[str, Any], tensors: dict[str, Tensor]) -> dict[str, Optional[Tensor]]:
+    """What a packed engine module computes with, straight from the file: the signs (+-1,
+    one layer at a time), alpha and the layer's extra tensors (bias, RSign, RPReLU)."""
+    from .engine.modules import EXTRAS
+
+    signs, scale = _binary_tensors(path, e, tensors)
+    state = {"signs": unpack_signs(signs, tuple(e["weight_shape"])), "alpha": scale}
+    state.update({k: tensors.get(_key(e["name"], k)) for k in EXTRAS})
+    return state
+
+
+@torch.no_grad()
+def _materialize(net: nn.Module, skip: set[int]) -> None:
+    """Allocate (uninitialised, on the CPU) every parameter still on the meta device, except
+    in the modules of ``skip``."""
+    for module in net.modules():
+        if id(module) in skip:
+            continue
+        for name, p in module._parameters.items():
+            if p is not None and p.is_meta:
+                module._parameters[name] = nn.Parameter(torch.empty_like(p, device="cpu"), p.requires_grad)
+
+
+def _fill_engine(path: Any, manifest: dict[str, Any], tensors: dict[str, Tensor], net: nn.Module,
+                 layers: dict[str, BinaryLayerMixin], plan: Any) -> list[str]:
+    """Put a network built with its parameters on the meta device onto the engine, straight
+    from the file's bits (no fp32 latent weight is ever made), then fill the rest from the
+    file; returns the layers that keep their float simulation (each warned about)."""
+    from .engine.bands import band_chains
+    from .engine.modules import engine_support, install_engine
+
+    packed: dict[str, nn.Module] = {}
+    kept: list[tuple[dict[str, Any], BinaryLayerMixin]] = []
+    done: set[int] = set()
+    for e in manifest["binary_layers"]:
+        layer = layers[e["name"]]
+        if id(layer) in done:  # a layer shared under several names: packed once
+            continue
+        done.add(id(layer))
+        problem = engine_support(layer)
+        if problem is not None:
+            logger.warning("engine: %s keeps its float simulation: %s", e["name"], problem)
+            kept.append((e, layer))
+        else:
+            packed[e["name"]] = form_of(layer, "packed")(layer, _layer_state(path, e, tensors))
+    install_engine(net, plan, packed)
+    _materialize(net, {id(m) for m in packed.values()})
+    for e, layer in kept:
+        _load_layer(path, e, tensors, layer)
+    _load_fp(manifest, tensors, net)
+    band_chains(net, plan.chains)
+    return [e["name"] for e, _ in kept]
 
 
 ENGINES = ("auto", "packed", "float")
@@ -318,27 +439,50 @@ def load_packed(path: PathLike, model: Optional[nn.Module] = None, *, engine: st
     if engine not in ENGINES:
         raise ConfigError(f"load_packed: engine {engine!r} is not one of {ENGINES}")
     manifest, tensors = read_packed(path)
-    _check_size(path, manifest, model, builder, max_bytes)
-    net = _real_network(path, manifest, model, builder)
-    layers = _verify(path, manifest, net)
-    _load_state(path, manifest, tensors, net, layers)
-    net.eval()
-    net.bsr_engine = _use_engine(net, engine)
-    logger.info("load_packed: %s (%d binarized layers, %s)", path, len(layers), net.bsr_engine)
+    meta = _check_size(path, manifest, model, builder, max_bytes)
+    on_engine = _on_engine(engine)
+    if on_engine and meta is not None:
+        from .engine.modules import plan_engine
+
+        plan = plan_engine(meta)  # probed on the meta network: nothing allocated, nothing of net's touched
+        net = _real_network(path, manifest, model, builder, meta="params")
+        kept = _fill_engine(path, manifest, tensors, net, _verify(path, manifest, net), plan)
+        net.eval().to(memory_format=torch.channels_last)  # the engine and oneDNN's float convs are both faster so
+        net.bsr_engine = _engine_line(kept)
+    else:
+        net = _real_network(path, manifest, model, builder, meta="none")
+        layers = _verify(path, manifest, net)
+        _load_state(path, manifest, tensors, net, layers)
+        net.eval()
+        net.bsr_engine = _use_engine(net, on_engine)
+    logger.info("load_packed: %s (%d binarized layers, %s)", path, len(manifest["binary_layers"]), net.bsr_engine)
     return net
 
 
-def _use_engine(net: nn.Module, engine: str) -> str:
-    """Put ``net`` on the requested engine; returns a one-line description of what runs it."""
+def _on_engine(engine: str) -> bool:
+    """Whether ``engine`` puts the network on the packed engine (``auto``: where the C++
+    extension is built, else the float simulation, said in one logged line)."""
     from .engine import kernels
-    from .engine.modules import to_engine
 
-    if engine == "float" or (engine == "auto" and not kernels.available()):
-        if engine == "auto":
-            logger.warning("%s", kernels.status_line())
-        return "float simulation"
-    kept = to_engine(net)
-    net.to(memory_format=torch.channels_last)  # the engine and oneDNN's float convs are both faster so
+    if engine == "auto" and not kernels.available():
+        logger.warning("%s", kernels.status_line())
+    return engine == "packed" or (engine == "auto" and kernels.available())
+
+
+def _engine_line(kept: list[str]) -> str:
+    from .engine import kernels
+
     where = kernels.isa() if kernels.available() else "its float simulation (extension not built)"
     return f"packed engine ({where}, {torch.get_num_threads()} threads)" + (
         f"; {len(kept)} layers on the float simulation: {', '.join(kept[:3])}" if kept else "")
+
+
+def _use_engine(net: nn.Module, on_engine: bool) -> str:
+    """Put ``net`` (real, loaded) on the engine if asked; returns a one-line description."""
+    from .engine.modules import to_engine
+
+    if not on_engine:
+        return "float simulation"
+    kept = to_engine(net)
+    net.to(memory_format=torch.channels_last)
+    return _engine_line(kept)

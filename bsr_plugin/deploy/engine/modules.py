@@ -21,6 +21,7 @@ output rows (:mod:`.bands`), so the shuffled tensor is never made whole either.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 
 from ...conversion.dataflow import DataflowGraph, default_probe, record_dataflow
 from ...core.layers import BinaryConv2d, BinaryLayerMixin, BinaryLinear, channel_shortcut
-from ...core.registry import form_of, is_binary, register_form
+from ...core.registry import binary_layers, form_of, register_form
 from ...core.replace import replace_by_identity
 from ...errors import EngineError
 from . import kernels
@@ -43,20 +44,33 @@ def _optional(layer: nn.Module, name: str) -> Optional[Tensor]:
     return None if value is None else value.detach().clone().float()
 
 
+EXTRAS = ("bias", "threshold", "act_shift_in", "act_slope", "act_shift_out")
+LayerState = dict[str, Optional[Tensor]]
+
+
 class _PackedLayer(nn.Module):
     """State shared by the packed modules: packed weight words, alpha, bias, RSign, RPReLU."""
 
     weight_bits: Tensor
     alpha: Tensor
 
-    def _take(self, layer: BinaryLayerMixin) -> None:
+    def _take(self, layer: BinaryLayerMixin, state: Optional[LayerState]) -> None:
+        """The computation's tensors: from ``state`` when given (a packed file's: ``signs``,
+        +-1 of the weight's shape, ``alpha`` and the extra tensors the layer has), else from
+        ``layer`` itself (which then needs real weights; with ``state`` a meta-device layer
+        gives only its geometry)."""
         self.shortcut = layer.shortcut
-        alpha = layer.alpha()
         out = layer.weight.shape[0]
-        self.register_buffer("weight_bits", kernels.pack_weight(layer.weight.detach().float()))
+        if state is None:
+            signs, alpha = layer.weight.detach().float(), layer.alpha()
+            state = {name: _optional(layer, name) for name in EXTRAS}
+        else:
+            signs, alpha = state["signs"].float(), state.get("alpha")
+        self.register_buffer("weight_bits", kernels.pack_weight(signs))
         self.register_buffer("alpha", (alpha if alpha is not None else torch.ones(out)).detach().clone().float())
-        for name in ("bias", "threshold", "act_shift_in", "act_slope", "act_shift_out"):
-            self.register_buffer(name, _optional(layer, name))
+        for name in EXTRAS:
+            value = state.get(name)
+            self.register_buffer(name, None if value is None else value.detach().clone().float())
 
     def _rprelu(self) -> Optional[tuple[Tensor, Tensor, Tensor]]:
         if self.act_slope is None:
@@ -75,9 +89,11 @@ class PackedBinaryConv2d(_PackedLayer):
 
     Args:
         layer: the :class:`~bsr_plugin.BinaryConv2d` it replaces (``groups == 1``).
+        state: its tensors from a packed file (``signs``, ``alpha``, extras), else taken from
+            ``layer``, which may then be on the meta device.
     """
 
-    def __init__(self, layer: BinaryConv2d) -> None:
+    def __init__(self, layer: BinaryConv2d, state: Optional[LayerState] = None) -> None:
         super().__init__()
         _check_layer(layer, BinaryConv2d, type(self).__name__)
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
@@ -86,7 +102,7 @@ class PackedBinaryConv2d(_PackedLayer):
         self.pad = (top, bottom, left, right)
         self.padding_mode = layer.padding_mode
         self.pixel_shuffle = 1  # > 1: the output is pixel-shuffled by this factor (set by to_engine)
-        self._take(layer)
+        self._take(layer, state)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.padding_mode == "zeros":
@@ -115,13 +131,14 @@ class PackedBinaryLinear(_PackedLayer):
 
     Args:
         layer: the :class:`~bsr_plugin.BinaryLinear` it replaces.
+        state: as for :class:`PackedBinaryConv2d`.
     """
 
-    def __init__(self, layer: BinaryLinear) -> None:
+    def __init__(self, layer: BinaryLinear, state: Optional[LayerState] = None) -> None:
         super().__init__()
         _check_layer(layer, BinaryLinear, type(self).__name__)
         self.in_features, self.out_features = layer.in_features, layer.out_features
-        self._take(layer)
+        self._take(layer, state)
 
     def forward(self, x: Tensor) -> Tensor:
         return kernels.binary_linear(x, self.weight_bits, in_features=self.in_features, scale=self.alpha,
@@ -162,7 +179,7 @@ def engine_support(layer: nn.Module, native: bool = False) -> Optional[str]:
     if not layer.fully_binary:
         return "its binarization is switched off (binarize_act and binarize_weight must both be on)"
     weight = layer.weight
-    if not weight.is_floating_point() or weight.device.type != "cpu":
+    if not weight.is_floating_point() or weight.device.type not in ("cpu", "meta"):
         return f"its weight is {weight.dtype} on {weight.device}; the packed engine packs floating point CPU weights"
     if isinstance(layer, BinaryConv2d):
         problem = kernels.conv_support(layer.in_channels, layer.out_channels, layer.kernel_size, layer.groups)
@@ -202,30 +219,55 @@ def _shuffle_fusions(model: nn.Module, graph: DataflowGraph) -> dict[str, str]:
     return found
 
 
+@dataclass
+class EnginePlan:
+    """What one probe forward pass of a binarized network tells the engine: the binarized convs
+    whose ``nn.PixelShuffle`` it fuses (``{conv: shuffle}``) and the ``conv -> PixelShuffle ->
+    conv`` chains it runs in bands."""
+
+    fusions: dict[str, str]
+    chains: list[tuple[str, str, str]]
+
+
+@torch.no_grad()
+def plan_engine(model: nn.Module, example_input: Optional[Tensor] = None) -> EnginePlan:
+    """Probe ``model`` once in eval mode (on its device: the meta device works too) for its
+    :class:`EnginePlan`. ``example_input``: default a random ``2 x C x 32 x 32`` batch."""
+    model.eval()
+    graph = record_dataflow(model, default_probe(model) if example_input is None else example_input, train=False)
+    return EnginePlan(_shuffle_fusions(model, graph), upsample_chains(model, graph))
+
+
+@torch.no_grad()
+def install_engine(model: nn.Module, plan: EnginePlan, packed: dict[str, nn.Module]) -> None:
+    """Put the ``packed`` modules (by layer name) into ``model`` in place of its binarized
+    layers, fusing the plan's pixel shuffles into them (banding the plan's chains is a separate
+    step, :func:`~.bands.band_chains`: it renames the state of the convs it wraps)."""
+    swaps: dict[int, nn.Module] = {}
+    for name, module in packed.items():
+        swaps[id(model.get_submodule(name))] = module
+        if name in plan.fusions and isinstance(module, PackedBinaryConv2d):
+            shuffle = model.get_submodule(plan.fusions[name])
+            module.pixel_shuffle = shuffle.upscale_factor
+            swaps[id(shuffle)] = nn.Identity()
+    replace_by_identity(model, swaps)
+
+
 @torch.no_grad()
 def to_engine(model: nn.Module, example_input: Optional[Tensor] = None) -> list[str]:
     """Swap every binarized layer of ``model`` (in place, eval mode) for its packed module,
     fusing conv -> PixelShuffle pairs (module docstring); returns the names of the layers that
     keep their float simulation (each warned about). ``example_input``: the probe's input
     (default: a random ``2 x C x 32 x 32`` batch)."""
-    model.eval()
-    graph = record_dataflow(model, default_probe(model) if example_input is None else example_input, train=False)
-    fusions = _shuffle_fusions(model, graph)
-    chains = upsample_chains(model, graph)
+    plan = plan_engine(model, example_input)
     kept: list[str] = []
-    swaps: dict[int, nn.Module] = {}
-    for name, layer in model.named_modules():  # a layer shared under several names is packed once
-        if not is_binary(layer):
-            continue
-        packed = _packed_for(name, layer)
-        if packed is None:
+    packed: dict[str, nn.Module] = {}
+    for name, layer in binary_layers(model):  # a layer shared under several names is packed once
+        module = _packed_for(name, layer)
+        if module is None:
             kept.append(name)
-            continue
-        swaps[id(layer)] = packed
-        if name in fusions and isinstance(packed, PackedBinaryConv2d):
-            shuffle = model.get_submodule(fusions[name])
-            packed.pixel_shuffle = shuffle.upscale_factor
-            swaps[id(shuffle)] = nn.Identity()
-    replace_by_identity(model, swaps)
-    band_chains(model, chains)
+        else:
+            packed[name] = module
+    install_engine(model, plan, packed)
+    band_chains(model, plan.chains)
     return kept
