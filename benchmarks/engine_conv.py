@@ -27,11 +27,13 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from bsr_plugin.deploy import engine as E
 
@@ -113,90 +115,105 @@ def summary(ts: dict[str, list[float]]) -> dict[str, float]:
             "cpu_min_ms": min(ts["cpu"]) * 1e3, "median_page_faults": statistics.median(ts["faults"])}
 
 
-def run(shape: tuple[int, int, int, int], out_channels: int, threads_list: list[int], isas: list[str],
-        repeats: int, roofline_repeats: int) -> dict[str, Any]:
+@dataclass
+class Case:
+    """The inputs of one benchmark shape, in both layouts."""
+
+    inputs: dict[str, Tensor]
+    float_weights: dict[str, Tensor]
+    wp: Tensor
+    kw: dict[str, Any]
+    words: int  # XOR-popcount word operations of the conv
+    ra: Tensor  # roofline operands (L1-resident)
+    rw: Tensor
+
+
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def make_case(shape: tuple[int, int, int, int], out_channels: int) -> Case:
     n, c, h, w = shape
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, c, h, w, generator=gen)
     weight = torch.randn(out_channels, c, 3, 3, generator=gen)
     scale = torch.rand(out_channels, generator=gen) + 0.1
     bias = torch.randn(out_channels, generator=gen)
-    wp = E.pack_weight(weight)
-    layouts = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-    inputs = {name: x.contiguous(memory_format=fmt) for name, fmt in layouts.items()}
-    float_weights = {name: weight.contiguous(memory_format=fmt) for name, fmt in layouts.items()}
-    words = n * h * w * out_channels * 9 * ((c + 63) // 64)  # XOR-popcount word operations of the conv
-    ra = torch.randint(-(2**62), 2**62, (512,), dtype=torch.int64, generator=gen)  # roofline operands (L1)
-    rw = torch.randint(-(2**62), 2**62, (32,), dtype=torch.int64, generator=gen)
-    kw = dict(in_channels=c, kernel_size=3, padding=1, scale=scale, bias=bias)
+    return Case(inputs={k: x.contiguous(memory_format=f) for k, f in LAYOUTS.items()},
+                float_weights={k: weight.contiguous(memory_format=f) for k, f in LAYOUTS.items()},
+                wp=E.pack_weight(weight), kw=dict(in_channels=c, kernel_size=3, padding=1, scale=scale, bias=bias),
+                words=n * h * w * out_channels * 9 * ((c + 63) // 64),
+                ra=torch.randint(-(2**62), 2**62, (512,), dtype=torch.int64, generator=gen),
+                rw=torch.randint(-(2**62), 2**62, (32,), dtype=torch.int64, generator=gen))
 
-    # correctness, once per ISA: the benchmarked op against the float simulation
+
+def check_isas(case: Case, isas: list[str]) -> dict[str, float]:
+    """Once per ISA: the benchmarked op against the float simulation (max |difference|)."""
+    ref = E.reference_binary_conv2d(case.inputs["nchw"], case.wp, **case.kw)
     checks = {}
-    ref = E.reference_binary_conv2d(x, wp, **kw)
     for name in isas:
         with E.use_isa(name):
-            err = max(float((E.binary_conv2d(inputs[lay], wp, **kw) - ref).abs().max()) for lay in layouts)
-        checks[name] = err
-        logger.info("check %s: max |engine - simulation| = %.3g", name, err)
+            checks[name] = max(float((E.binary_conv2d(case.inputs[lay], case.wp, **case.kw) - ref).abs().max())
+                               for lay in LAYOUTS)
+        logger.info("check %s: max |engine - simulation| = %.3g", name, checks[name])
+    return checks
 
+
+def timed_ops(case: Case, isas: list[str], roofline_repeats: int) -> dict[str, Timed]:
+    """Every op timed at one thread count: float conv, binary conv and packing per ISA and
+    layout, and the XOR-popcount roofline per ISA."""
+    fns: dict[str, Timed] = {}
+    for name in isas:
+        fns[f"roofline:{name}"] = (name, lambda: torch.ops.bsr_engine.xor_popcount_roofline(
+            case.ra, case.rw, roofline_repeats))
+    for lay in LAYOUTS:
+        fns[f"fp32/{lay}"] = (None, lambda lay=lay: F.conv2d(case.inputs[lay], case.float_weights[lay], None, 1, 1))
+        for name in isas:
+            fns[f"{name}/{lay}"] = (name, lambda lay=lay: E.binary_conv2d(case.inputs[lay], case.wp, **case.kw))
+            fns[f"pack:{name}/{lay}"] = (name, lambda lay=lay: E.pack_input(case.inputs[lay], padding=1))
+    return fns
+
+
+def result_row(times: dict[str, Any], case: Case, threads: int, lay: str, name: str, roofline: float) -> dict:
+    base, t, p = summary(times[f"fp32/{lay}"]), summary(times[f"{name}/{lay}"]), summary(times[f"pack:{name}/{lay}"])
+    rate = case.words / (t["min_ms"] / 1e3)
+    return {
+        "threads": threads, "layout": lay, "isa": name,
+        "fp32_min_ms": base["min_ms"], "fp32_median_ms": base["median_ms"],
+        "binary_min_ms": t["min_ms"], "binary_median_ms": t["median_ms"],
+        "speedup_min": base["min_ms"] / t["min_ms"], "speedup_median": base["median_ms"] / t["median_ms"],
+        "fp32_cpu_min_ms": base["cpu_min_ms"], "binary_cpu_min_ms": t["cpu_min_ms"],
+        "speedup_cpu": base["cpu_min_ms"] / t["cpu_min_ms"], "pack_min_ms": p["min_ms"],
+        "fp32_median_page_faults": base["median_page_faults"],
+        "binary_median_page_faults": t["median_page_faults"],
+        "conv_gwords_per_s": rate / 1e9, "roofline_gwords_per_s": roofline / 1e9, "roofline_fraction": rate / roofline,
+    }
+
+
+def run(shape: tuple[int, int, int, int], out_channels: int, threads_list: list[int], isas: list[str],
+        repeats: int, roofline_repeats: int) -> dict[str, Any]:
+    case = make_case(shape, out_channels)
+    checks = check_isas(case, isas)
     rows = []
     before, isa_before = torch.get_num_threads(), torch.ops.bsr_engine.isa_setting()
     try:
         for threads in threads_list:
             torch.set_num_threads(threads)
-
-            def fp32(lay: str) -> Timed:
-                return None, lambda: F.conv2d(inputs[lay], float_weights[lay], None, 1, 1)
-
-            def binary(name: str, lay: str) -> Timed:
-                return name, lambda: E.binary_conv2d(inputs[lay], wp, **kw)
-
-            def pack(name: str, lay: str) -> Timed:
-                return name, lambda: E.pack_input(inputs[lay], padding=1)
-
-            def roofline(name: str) -> Timed:
-                return name, lambda: torch.ops.bsr_engine.xor_popcount_roofline(ra, rw, roofline_repeats)
-
-            fns: dict[str, Timed] = {f"roofline:{name}": roofline(name) for name in isas}
-            for lay in layouts:
-                fns[f"fp32/{lay}"] = fp32(lay)
-                for name in isas:
-                    fns[f"{name}/{lay}"] = binary(name, lay)
-                    fns[f"pack:{name}/{lay}"] = pack(name, lay)
+            fns = timed_ops(case, isas, roofline_repeats)
             logger.info("%d thread(s): timing %d variants x %d rounds", threads, len(fns), repeats)
             times = time_round_robin(fns, repeats)
-            rooflines = {}  # word operations per second, from the fastest round
-            for name in isas:
-                rooflines[name] = threads * roofline_repeats * ra.numel() * 4 / min(times[f"roofline:{name}"]["wall"])
-                logger.info("%d thread(s) %s roofline: %.2f Gword/s", threads, name, rooflines[name] / 1e9)
-            for lay in layouts:
-                base = summary(times[f"fp32/{lay}"])
-                for name in isas:
-                    t = summary(times[f"{name}/{lay}"])
-                    p = summary(times[f"pack:{name}/{lay}"])
-                    rate = words / (t["min_ms"] / 1e3)
-                    row = {
-                        "threads": threads, "layout": lay, "isa": name,
-                        "fp32_min_ms": base["min_ms"], "fp32_median_ms": base["median_ms"],
-                        "binary_min_ms": t["min_ms"], "binary_median_ms": t["median_ms"],
-                        "speedup_min": base["min_ms"] / t["min_ms"],
-                        "speedup_median": base["median_ms"] / t["median_ms"],
-                        "fp32_cpu_min_ms": base["cpu_min_ms"], "binary_cpu_min_ms": t["cpu_min_ms"],
-                        "speedup_cpu": base["cpu_min_ms"] / t["cpu_min_ms"],
-                        "pack_min_ms": p["min_ms"],
-                        "fp32_median_page_faults": base["median_page_faults"],
-                        "binary_median_page_faults": t["median_page_faults"],
-                        "conv_gwords_per_s": rate / 1e9, "roofline_gwords_per_s": rooflines[name] / 1e9,
-                        "roofline_fraction": rate / rooflines[name],
-                    }
+            for name in isas:  # word operations per second, from the fastest round
+                roofline = threads * roofline_repeats * case.ra.numel() * 4 / min(times[f"roofline:{name}"]["wall"])
+                logger.info("%d thread(s) %s roofline: %.2f Gword/s", threads, name, roofline / 1e9)
+                for lay in LAYOUTS:
+                    row = result_row(times, case, threads, lay, name, roofline)
                     rows.append(row)
                     logger.info("%d thread(s) %-13s %-6s fp32 %7.2f ms  binary %6.2f ms  x%5.1f (median x%5.1f)  "
-                                "%5.1f%% of roofline", threads, lay, name, base["min_ms"], t["min_ms"],
+                                "%5.1f%% of roofline", threads, lay, name, row["fp32_min_ms"], row["binary_min_ms"],
                                 row["speedup_min"], row["speedup_median"], 100 * row["roofline_fraction"])
     finally:
         torch.set_num_threads(before)
         E.set_isa(isa_before)
-    return {"rows": rows, "checks": checks, "words": words}
+    return {"rows": rows, "checks": checks, "words": case.words}
 
 
 def cpu_speedup(row: dict[str, Any]) -> str:
