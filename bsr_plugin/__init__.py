@@ -46,7 +46,16 @@ from .core import (
 from .deploy.builders import register_builder
 from .deploy.onnx_export import export_onnx
 from .deploy.packed import PackedInfo, export_packed, load_packed, read_packed
-from .errors import BsrError, BuilderError, CheckpointError, CLIError, ConfigError, OptionsError, PackedFormatError
+from .errors import (
+    BsrError,
+    BuilderError,
+    CheckpointError,
+    CLIError,
+    ConfigError,
+    OptionsError,
+    PackedFormatError,
+    UnsafeInputError,
+)
 from .version import __version__
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -58,5 +67,5 @@ __all__ = [
     "PixelCurriculumL1", "UniformPriorLoss", "binarize_input", "binarize_kernel", "binary_layers",
     "calibrate_scales_", "check_binary", "convert", "export_onnx", "export_packed", "flip_ratios", "is_binary",
     "load_packed", "prior_penalty", "project_to_prior_", "read_packed", "register_binary_layer", "register_builder",
-    "register_fixup", "scale_parameters", "set_binarization", "sign", "summary", "__version__",
+    "register_fixup", "scale_parameters", "set_binarization", "sign", "summary", "UnsafeInputError", "__version__",
 ]

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ...conversion import DEFAULT_RULES, BinarizeConfig, convert
 from ...errors import ConfigError
-from .compat import import_basicsr
+from .shims import import_basicsr
 
 BLOCKS = ("residual", "bbcu")
 
