@@ -123,7 +123,7 @@ REFUSALS = {
     "run_several_inputs_to_a_file": (RUN + ["lr.png", "lr16.png", "-o", "sr.png"], r"several inputs need a folder"),
     "run_folder_without_images": (RUN + ["empty", "-o", "outdir"], r"empty holds no image"),
     "run_negative_tile": (RUN + ["lr.png", "-o", "sr.png", "--tile", "-1"],
-                          r"--tile -1: give a whole number in \[8, 65,536\] \(or 0: the whole image"),
+                          r"--tile -1: give a whole number in \[1, 65,536\] \(or 0: the whole image"),
     "run_checkpoint_as_model": (["run", "ck.pth", "lr.png", "-o", "sr.png"], r"not a bsr_plugin packed model"),
     "run_truncated_model": (["run", "trunc.bsrpack", "lr.png", "-o", "sr.png"], r"trunc\.bsrpack: truncated"),
     "run_model_reference_malformed": (RUN + ["lr.png", "-o", "sr.png", "--model", "nomodule"],
@@ -148,7 +148,8 @@ REFUSALS = {
     "export_onnx_sample_of_other_channels": (EXPORT + ["--checkpoint", "ck.pth", "-o", "m.bsrpack", "--onnx", "m.onnx",
                                                        "--input-size", "1", "48", "48"],
                                              r"--input-size 1 48 48: the network takes 3-channel inputs, not 1"),
-    "run_tile_too_small": (RUN + ["lr.png", "-o", "sr.png", "--tile", "3"], r"--tile 3: give a whole number in \[8, "),
+    "run_tile_pad_absurd": (RUN + ["lr.png", "-o", "sr.png", "--tile", "8", "--tile-pad", "100000"],
+                            r"--tile-pad 100000: give a whole number in \[0, 4,096\]"),
     "run_tile_absurd": (RUN + ["lr.png", "-o", "sr.png", "--tile", "10000000"], r"--tile 10000000: give a whole"),
     "run_tile_pad_negative": (RUN + ["lr.png", "-o", "sr.png", "--tile", "8", "--tile-pad", "-1"],
                               r"--tile-pad -1: give a whole number in \[0, 4,096\]"),
@@ -486,7 +487,7 @@ def test_receptive_radius_of_a_network() -> None:
     from bsr_plugin.deploy.tiling import probe
 
     edsr = probe(EDSRBin(num_feat=8, num_block=2, upscale=4).eval(), 3)
-    assert edsr.scale == 4 and 7 <= edsr.radius <= 9  # 1 + 4 + 1 + 1 (x1) + 0.5 (x2) + 0.25 (x4) + slack
+    assert edsr.scale == 4 and edsr.radius == 8  # ceil(1 + 4 + 1 + 1 (x1) + 0.5 (x2) + 0.25 (x4))
 
     class Tokens(nn.Module):
         def __init__(self):
@@ -496,4 +497,58 @@ def test_receptive_radius_of_a_network() -> None:
         def forward(self, x):
             return self.mix(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
+    class Smooth(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(nn.functional.interpolate(x, scale_factor=2, mode="bicubic"))
+
     assert probe(Tokens(), 3).radius is None
+    assert probe(Smooth(), 3) == type(edsr)(scale=2, radius=3)  # bicubic 2 + the conv 1 / 2, rounded up
+
+
+USER_NET = '''
+from torch import nn
+
+
+class Mixer(nn.Module):
+    """Deep convs (receptive radius 20) with a linear layer over the channels of every pixel."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), *[nn.Conv2d(8, 8, 3, padding=1) for _ in range(19)])
+        self.mix = nn.Linear(8, 8)
+        self.out = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.PixelShuffle(2))
+
+    def forward(self, x):
+        y = self.mix(self.convs(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.out(y)
+
+
+def make_net():
+    return Mixer()
+'''
+
+
+def test_unknown_receptive_field_is_measured(work: Path, capsys: pytest.CaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A network with a linear layer has no computable receptive field: tiling runs with the
+    fallback pad and says, in one warning line, what it changed on a crop of the image."""
+    from bsr_plugin import convert
+
+    (work / "user_mixer.py").write_text(USER_NET)
+    monkeypatch.syspath_prepend(str(work))
+    from user_mixer import make_net
+
+    torch.manual_seed(0)
+    export_packed(convert(make_net()).eval(), work / "mixer.bsrpack")
+    write_png(work / "photo.png", 48, 48, seed=5)
+    args = ["run", "mixer.bsrpack", "photo.png", "-o", "t.png", "--tile", "16", "--engine", "float", "--model",
+            "user_mixer:make_net"]
+    assert main(args) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.match(r"bsr run: warning: this network's receptive field cannot be computed .* "
+                                        r"differ from the whole image by up to \d+/255 on [\d.]+% of the values",
+                                        lines[0]), lines

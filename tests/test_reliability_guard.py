@@ -303,14 +303,17 @@ FIFOS = {
     "checkpoint": ([BSR, "export", "-opt", "net.yml", "--checkpoint", "fifo", "-o", "m.bsrpack"],
                    r"checkpoint fifo is not a regular file"),
     "basicsr_options_file": ([BASICSR, "train", "-opt", "fifo"], r"options file fifo is not a regular file"),
+    "basicsr_pretrain_network": ([BASICSR, "train", "-opt", "train.yml"],
+                                 r"path\.pretrain_network_g: 'fifo' is not a regular file"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(FIFOS))
-def test_fifo_never_blocks(case: str, root: Path) -> None:
+def test_fifo_never_blocks(case: str, root: Path, datasets_dir: Path) -> None:
     cmd, pattern = FIFOS[case]
     fifo(root / "fifo")
     _options(root, {"type": "EDSRBin", "num_feat": 8, "num_block": 1, "upscale": 2})
+    write(_train(root, datasets_dir, lambda o: o["path"].update(pretrain_network_g="fifo")), root / "train.yml")
     name = Path(cmd[0]).name
     _refused_command(root, cmd, pattern, f"{name} {cmd[1]}: error")
 

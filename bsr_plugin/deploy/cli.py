@@ -52,13 +52,11 @@ from .inference import (
     write_image,
 )
 from .packed import ENGINES, export_packed, load_packed
-from .tiling import Probe, available_memory, memory_needed, probe, seam_error
+from .tiling import UNKNOWN_RADIUS_PAD, Probe, available_memory, memory_needed, probe, seam_error
 
 logger = logging.getLogger(__name__)
 
 COMMAND_GROUP = "bsr_plugin.commands"
-DEFAULT_TILE_PAD = 16
-"""--tile-pad for a network whose receptive field cannot be computed (a warning measures the seams)."""
 
 
 # -- building the network -------------------------------------------------------------------
@@ -205,7 +203,7 @@ def _run_jobs(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.tile:
-        within("--tile", args.tile, 8, MAX_TILE, " (or 0: the whole image at once)")
+        within("--tile", args.tile, 1, MAX_TILE, " (or 0: the whole image at once)")
     if args.tile_pad is not None:
         within("--tile-pad", args.tile_pad, 0, MAX_TILE_PAD)
     within("--max-pixels", args.max_pixels, 1, MAX_PIXELS_LIMIT)
@@ -240,7 +238,7 @@ def _tile_pad(args: argparse.Namespace, found: Probe) -> int:
     """``--tile-pad``, by default the network's receptive radius; a smaller one is refused
     (tiles would differ from the whole-image output at their seams)."""
     if args.tile_pad is None:
-        return found.radius if found.radius is not None else DEFAULT_TILE_PAD
+        return found.radius if found.radius is not None else UNKNOWN_RADIUS_PAD
     if args.tile and found.radius is not None and args.tile_pad < found.radius:
         raise CLIError(f"--tile-pad {args.tile_pad} is smaller than the network's receptive field ({found.radius} "
                        f"input pixels): tiles would differ from the whole-image output at their seams; leave "
@@ -265,7 +263,8 @@ def _read_input(src: str, channels: int, scale: int, args: argparse.Namespace) -
 def _warn_seams(net: nn.Module, image: tuple, tile: int, pad: int) -> None:
     """Where the receptive field is unknown, measure what tiling changed on a crop of the first image."""
     src, _, x, depth = image
-    crop = x[..., :min(x.shape[2], 2 * tile), :min(x.shape[3], 2 * tile)]
+    side = 2 * (tile + pad)  # two tiles with their context: the seam between them is inside the crop
+    crop = x[..., :min(x.shape[2], side), :min(x.shape[3], side)]
     with torch.no_grad():
         worst, share = seam_error(upscale(net, crop, depth), upscale(net, crop, depth, tile, pad))
     if worst:

@@ -202,14 +202,22 @@ def _scale_of(x: Tensor, y: Tensor) -> int:
 
 
 @torch.no_grad()
-def upscale(net: nn.Module, x: Tensor, depth: int, tile: int = 0, tile_pad: int = 16,
+def upscale(net: nn.Module, x: Tensor, depth: int, tile: int = 0, tile_pad: Optional[int] = None,
             progress: Optional[Progress] = None) -> np.ndarray:
     """Run ``net`` on ``x`` (``1 x C x H x W``) and return the output as an image array.
 
     ``tile > 0`` splits the input into ``tile x tile`` pieces, each run with ``tile_pad``
     pixels of context on every side and cropped back (Real-ESRGAN's ``--tile``): the output
     equals the whole-image output wherever the network's receptive field fits in the context.
-    Only one tile's activations and the output array are in memory at a time."""
+    ``tile_pad=None`` (default) is the network's receptive radius
+    (:func:`bsr_plugin.deploy.tiling.probe`; ``UNKNOWN_RADIUS_PAD`` where it cannot be
+    computed), so tiles give exactly the whole-image output. Only one tile's activations and the output array are in
+    memory at a time."""
+    if tile > 0 and tile_pad is None:
+        from .tiling import UNKNOWN_RADIUS_PAD, probe
+
+        radius = probe(net, x.shape[1]).radius
+        tile_pad = UNKNOWN_RADIUS_PAD if radius is None else radius
     if tile <= 0:
         y = net(x)
         if progress:

@@ -5,7 +5,8 @@ silently changes the answer and ``--tile`` is advised only where it helps.
   scale and its *receptive radius*: how many input pixels of context an output pixel depends
   on, the sum over every spatial layer (conv, pool; packed engine convs alike) of its reach
   ``dilation * (kernel - 1) / 2`` at the resolution it runs at (a conv after a x2 upsampler
-  reaches half as far in input pixels), plus a pixel of slack for functional interpolation.
+  reaches half as far in input pixels), and of every smooth interpolation (bilinear, bicubic:
+  ``F.interpolate`` and ``nn.Upsample``, seen through a torch function mode).
   The sum over all layers bounds every path through the network, so a tile pad of at least
   this radius gives exactly the whole-image output (up to float summation order). The radius is
   ``None`` when the network has layers whose reach is not local (linear layers over pixels,
@@ -24,10 +25,15 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 PROBE = 24
-SLACK = 1
+UNKNOWN_RADIUS_PAD = 16
+"""The tile pad used where the receptive radius cannot be computed (``bsr run`` then measures the seams)."""
+INTERPOLATION_REACH = {"nearest": 0, "nearest-exact": 0, "linear": 1, "bilinear": 1, "bicubic": 2}
+"""Input pixels (at the interpolation's input resolution) an interpolated pixel reads on either side."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,21 @@ def _reach(module: nn.Module) -> float:
     kernel = _pair(module.kernel_size)  # type: ignore[arg-type]
     dilation = _pair(getattr(module, "dilation", 1))
     return max(math.ceil(d * (k - 1) / 2) for k, d in zip(kernel, dilation))
+
+
+class _Interpolations(TorchFunctionMode):
+    """Records the reach of every ``F.interpolate`` call (in probe-input pixels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reach: list[float] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func is F.interpolate and args and isinstance(args[0], Tensor) and args[0].dim() == 4:
+            mode = kwargs.get("mode", args[3] if len(args) > 3 else "nearest")
+            self.reach.append(INTERPOLATION_REACH.get(mode, 2) / (args[0].shape[-1] / PROBE))
+        return func(*args, **kwargs)
 
 
 @torch.no_grad()
@@ -73,12 +94,13 @@ def probe(net: nn.Module, channels: int) -> Probe:
         elif isinstance(module, (nn.Linear, nn.MultiheadAttention)):
             handles.append(module.register_forward_hook(pointwise_only))
     try:
-        y = net(torch.zeros(1, channels, PROBE, PROBE))
+        with _Interpolations() as interpolations:
+            y = net(torch.zeros(1, channels, PROBE, PROBE))
     finally:
         for h in handles:
             h.remove()
     scale = max(1, round(y.shape[-1] / PROBE)) if isinstance(y, Tensor) and y.dim() == 4 else 1
-    radius = None if nonlocal_layers else math.ceil(sum(reach.values())) + SLACK
+    radius = None if nonlocal_layers else math.ceil(sum(reach.values()) + sum(interpolations.reach) - 1e-9)
     return Probe(scale, radius)
 
 

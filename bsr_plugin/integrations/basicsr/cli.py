@@ -172,6 +172,7 @@ def _checked_run(command: str, rest: list[str]) -> int:
     """Plugins, preflight, then the pipeline; each user error in one line (exit status 2)."""
     from . import register
     from .runtime import patch_runtime
+    from .safe_models import use_safe_models
 
     register()
     patch_runtime()
@@ -180,6 +181,7 @@ def _checked_run(command: str, rest: list[str]) -> int:
     except BsrError as err:
         print(f"basicsr {command}: error: {err}", file=sys.stderr)
         return 2
+    use_safe_models()  # the models the plugins registered too
     try:
         preflight(rest, command == "train")
     except BsrError as err:

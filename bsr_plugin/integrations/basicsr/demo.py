@@ -119,9 +119,9 @@ def _val_dataset(opt: dict) -> Any:
 def deploy(opt: dict, checkpoint: Path, workdir: Path) -> tuple[Any, int]:
     """The trained network as a packed file, loaded back on the packed engine (where built)."""
     from ...deploy.packed import export_packed, load_packed
-    from .network import build_from_spec, load_weights
+    from .network import build_options_network, load_weights
 
-    net = build_from_spec(opt["network_g"])
+    net = build_options_network(opt["network_g"], "the demo's options")
     load_weights(net, str(checkpoint), "params")
     info = export_packed(net.eval(), workdir / "demo.bsrpack")
     return load_packed(workdir / "demo.bsrpack"), info.file_bytes

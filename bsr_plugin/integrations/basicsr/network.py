@@ -61,9 +61,12 @@ def check_packed_spec(spec: Mapping[str, Any], source: str) -> None:
                                    f"built; {PACKED_RULE}")
 
 
-def _build_guarded(spec: Mapping[str, Any], source: str) -> nn.Module:
-    """``network_g`` of an options file, built under the options guard; what its constructor
-    refuses (an argument, an auxiliary file that is not plain weights) is one line."""
+def build_options_network(spec: Mapping[str, Any], source: str) -> nn.Module:
+    """A network spec from an options file (``network_g``, a teacher), built under the options
+    guard (:func:`bsr_plugin.safety.building_from_data`, not strict: auxiliary weights load
+    weights only, nothing is downloaded, run or waited on); what its constructor refuses (an
+    argument, an auxiliary file that is not plain weights) is one line. ``source`` names the
+    options file in messages. Scripts that build an options file's network use this too."""
     try:
         with building_from_data(source, strict=False):
             return build_from_spec(spec)
@@ -97,7 +100,7 @@ def network_from_options(options_file: str, checkpoint: Optional[str] = None, pa
     if not isinstance(opt.get("network_g"), dict):
         raise OptionsError(f"{options_file}: no network_g section (a BasicSR options file describes its network "
                            "under network_g: {type: ..., ...})")
-    net = _build_guarded(opt["network_g"], str(options_file))
+    net = build_options_network(opt["network_g"], str(options_file))
     explicit = param_key is not None  # a key given on the command line must exist
     if checkpoint is None:
         path_opt = opt.get("path") or {}

@@ -4,7 +4,10 @@ every value has its type and range, the network's upscale is the options' scale,
 folders exist and every image pairs up with the scale (:mod:`.dataset_check`), the checkpoints
 named load safely and fit the network, the binarize schedule and the distillation teacher are
 usable, and BasicSR's epoch arithmetic reaches ``total_iter``. One :class:`OptionsError` lists
-every problem found, each with its fix; a problem in one section does not stop the others."""
+every problem found, each with its fix; a problem in one section does not stop the others.
+The numbers (ranges, the optimizer, scheduler and losses built once) are checked in
+:mod:`.options_limits`, the files the options name in :mod:`.options_paths`; networks and
+losses are built under :func:`bsr_plugin.safety.building_from_data`."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from ...conversion import BinarizeConfig
 from ...errors import CheckpointError, ConfigError, OptionsError, UnsafeInputError
 from ...safety import building_from_data, unpickling_reason
 from .options_limits import MAX_ITER, loss_problems, non_finite_problems, optimizer_problems, range_problems
+from .options_paths import check_archived, check_checkpoints
 from .safe_load import checkpoint_state
 from .shims import import_basicsr
 
@@ -265,37 +269,10 @@ def _check_network(opt: Mapping[str, Any], problems: list[str], source: str) -> 
 
 def _check_path(opt: Mapping[str, Any], is_train: bool, net: Optional[nn.Module], check_files: bool,
                 problems: list[str]) -> None:
-    """``path``: no unknown key; ``pretrain_network_g`` (required by ``basicsr test``) loads
-    safely and fits ``network_g``; ``resume_state`` exists."""
+    """``path``: no unknown key, and the checkpoints it names (:mod:`.options_paths`)."""
     path = _section(opt, "path", problems)
     _unknown("path", path.keys(), PATH_KEYS, problems)
-    resume = path.get("resume_state")
-    if check_files and is_train and resume is not None and not (isinstance(resume, str) and os.path.isfile(resume)):
-        problems.append(f"path.resume_state: {resume!r} does not exist; point it at a training_states/<iter>.state "
-                        "file, or use --auto_resume")
-    ckpt = path.get("pretrain_network_g")
-    if ckpt is not None and not check_files:
-        return
-    if ckpt is None:
-        if not is_train and "path" in opt:
-            problems.append("path.pretrain_network_g is missing: basicsr test would test an untrained network_g; "
-                            "point it at the trained weights (experiments/<name>/models/net_g_latest.pth)")
-        return
-    if not isinstance(ckpt, str) or not os.path.isfile(ckpt):
-        problems.append(f"path.pretrain_network_g: {ckpt!r} does not exist (relative to {os.getcwd()!r}); point it at "
-                        "a net_g_*.pth file" + ("" if is_train else ", or train first"))
-        return
-    try:
-        state = checkpoint_state(ckpt, path.get("param_key_g", "params"))
-    except CheckpointError as err:
-        problems.append(f"path.pretrain_network_g: {err}")
-        return
-    if net is not None:
-        try:
-            net.load_state_dict(state, strict=bool(path.get("strict_load_g", True)))
-        except RuntimeError as err:
-            problems.append(f"path.pretrain_network_g: {ckpt} does not fit network_g ({str(err).splitlines()[0]} "
-                            f"...); give the checkpoint of this network, or set network_g as it was trained")
+    check_checkpoints(path, is_train, net, check_files, "path" in opt, problems)
 
 
 def check_options(opt: Mapping[str, Any], is_train: bool, check_data: bool = True, *, world_size: int = 1,
@@ -312,7 +289,7 @@ def check_options(opt: Mapping[str, Any], is_train: bool, check_data: bool = Tru
     counts = _check_datasets(opt, check_data, problems)
     net = _check_network(opt, problems, source)
     _check_path(opt, is_train, net, check_data, problems)
-    _check_archived(opt, is_train, auto_resume, problems)
+    check_archived(opt, is_train, auto_resume, problems)
     problems += range_problems(opt, is_train)
     if is_train and "train" in opt:
         _check_train(opt, problems, counts.get("train"), world_size, dist, check_data, source)
@@ -340,47 +317,6 @@ def _check_val_logger(opt: Mapping[str, Any], is_train: bool, problems: list[str
             import wandb  # noqa: F401
         except ImportError:
             problems.append("logger.wandb.project is set but wandb is not installed; set it to ~")
-
-
-def _archived_folders(opt: Mapping[str, Any], is_train: bool, auto_resume: bool) -> list[str]:
-    """The folders BasicSR renames to ``<folder>_archived_<time>`` when the run starts: the
-    experiment folder and ``tb_logger/<name>`` of a training that does not resume, the results
-    folder of a test."""
-    path = opt.get("path") if isinstance(opt.get("path"), Mapping) else {}
-    name = opt.get("name")
-    if not isinstance(name, str) or not name:
-        return []
-    if not is_train:
-        return [path.get("results_root") or os.path.join("results", name)]
-    root = path.get("experiments_root") or os.path.join("experiments", name)
-    states = path.get("training_states") or os.path.join(root, "training_states")
-    if path.get("resume_state") or (auto_resume and os.path.isdir(states) and any(
-            n.endswith(".state") and n[:-6].isdigit() for n in os.listdir(states))):
-        return []  # a resumed run archives nothing
-    logger = opt.get("logger") if isinstance(opt.get("logger"), Mapping) else {}
-    tb = [os.path.join("tb_logger", name)] if logger.get("use_tb_logger") and "debug" not in name else []
-    return [root] + tb
-
-
-def _check_archived(opt: Mapping[str, Any], is_train: bool, auto_resume: bool, problems: list[str]) -> None:
-    """No file the run loads lies in a folder it archives first (it would be gone when loaded)."""
-    folders = [os.path.realpath(f) for f in _archived_folders(opt, is_train, auto_resume)]
-    path = opt.get("path") if isinstance(opt.get("path"), Mapping) else {}
-    train = opt.get("train") if isinstance(opt.get("train"), Mapping) else {}
-    distill = train.get("distill") if isinstance(train.get("distill"), Mapping) else {}
-    named = {f"path.{k}": path.get(k) for k in ("pretrain_network_g", "pretrain_network_d", "resume_state")}
-    named["train.distill.pretrain"] = distill.get("pretrain")
-    for where, value in named.items():
-        if not isinstance(value, str) or not value:
-            continue
-        real = os.path.realpath(os.path.expanduser(value))
-        for folder in folders:
-            if real == folder or real.startswith(folder + os.sep):
-                problems.append(f"{where}: {value!r} lies inside {os.path.relpath(folder)}, which basicsr "
-                                f"{'train' if is_train else 'test'} archives (renames to "
-                                f"{os.path.basename(folder)}_archived_<time>) before loading it; copy the file "
-                                "elsewhere first (e.g. experiments/pretrained_models/)"
-                                + (", or resume the run with --auto_resume" if is_train else ""))
 
 
 def _check_train(opt: Mapping[str, Any], problems: list[str], n_train: Optional[int], world_size: int,
