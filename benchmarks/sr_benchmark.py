@@ -354,12 +354,11 @@ def score_sets(upscale: Callable[[Any], Any], datasets: Path, sets: tuple[str, .
 
 def evaluate(opt: dict[str, Any], checkpoint: Path, datasets: Path, sets: tuple[str, ...]) -> dict[str, dict]:
     """The trained network's scores (its ``net_g_latest.pth``)."""
-    from basicsr.archs import build_network
-
-    from bsr_plugin.integrations.basicsr.compat import checkpoint_state
     from bsr_plugin.integrations.basicsr.evaluation import network_upscaler
+    from bsr_plugin.integrations.basicsr.network import build_options_network
+    from bsr_plugin.integrations.basicsr.safe_load import checkpoint_state
 
-    net = build_network(opt["network_g"])
+    net = build_options_network(opt["network_g"], opt["name"])
     net.load_state_dict(checkpoint_state(checkpoint, "params"))
     return score_sets(network_upscaler(net), datasets, sets, opt["scale"])
 
@@ -376,13 +375,13 @@ def training_step(opt: dict[str, Any], preset: Preset) -> Callable[[], None]:
     loss, backward, Adam, and for binarized networks the prior's projection; with distillation
     the teacher's forward pass."""
     import torch
-    from basicsr.archs import build_network
     from basicsr.losses import build_loss
 
     from bsr_plugin import project_to_prior_
+    from bsr_plugin.integrations.basicsr.network import build_options_network
 
     torch.manual_seed(0)
-    net = build_network(opt["network_g"]).train()
+    net = build_options_network(opt["network_g"], opt["name"]).train()
     loss_fn = build_loss(dict(opt["train"]["pixel_opt"]))
     optim = torch.optim.Adam(net.parameters(), lr=preset.lr)
     x = torch.rand(preset.batch, 3, preset.lr_patch, preset.lr_patch)
@@ -393,8 +392,8 @@ def training_step(opt: dict[str, Any], preset: Preset) -> Callable[[], None]:
         from bsr_plugin.integrations.basicsr.distill import Distiller
 
         d = opt["train"]["distill"]
-        distiller = Distiller(build_network(dict(d["network"])), net, d["output_weight"], d["feature_weight"],
-                              d["features"])
+        teacher = build_options_network(dict(d["network"]), opt["name"])
+        distiller = Distiller(teacher, net, d["output_weight"], d["feature_weight"], d["features"])
 
     def step() -> None:
         optim.zero_grad()

@@ -55,6 +55,7 @@ from .errors import (
     EngineError,
     OptionsError,
     PackedFormatError,
+    UnsafeInputError,
 )
 from .version import __version__
 
@@ -67,5 +68,5 @@ __all__ = [
     "PixelCurriculumL1", "UniformPriorLoss", "binarize_input", "binarize_kernel", "binary_layers",
     "calibrate_scales_", "check_binary", "convert", "export_onnx", "export_packed", "flip_ratios", "is_binary",
     "load_packed", "prior_penalty", "project_to_prior_", "read_packed", "register_binary_layer", "register_builder",
-    "register_fixup", "scale_parameters", "set_binarization", "sign", "summary", "__version__",
+    "register_fixup", "scale_parameters", "set_binarization", "sign", "summary", "UnsafeInputError", "__version__",
 ]

@@ -49,5 +49,11 @@ class CLIError(BsrError):
     """A command-line problem to report in one line (exit status 2)."""
 
 
+class UnsafeInputError(BsrError, ValueError):
+    """A packed file, options file or checkpoint whose use would run code, read or write files
+    it may not, connect to the network, download, start a program or block (see
+    :mod:`bsr_plugin.safety`)."""
+
+
 __all__ = ["BsrError", "BuilderError", "CLIError", "CheckpointError", "ConfigError", "EngineError", "OptionsError",
-           "PackedFormatError"]
+           "PackedFormatError", "UnsafeInputError"]

@@ -28,7 +28,7 @@ def datasets_dir(tmp_path_factory) -> Path:
     if (DATASETS / "Set5" / "HR").is_dir():
         return DATASETS
     pytest.importorskip("skimage", reason="the dataset stand-in is made from scikit-image's photos")
-    from bsr_plugin.integrations.basicsr.compat import import_basicsr
+    from bsr_plugin.integrations.basicsr.shims import import_basicsr
 
     try:
         import_basicsr()

@@ -13,7 +13,7 @@ BASICSR_ARCHS = ("ECBSR", "EDSR", "MSRResNet", "RCAN", "RRDBNet", "SRVGGNetCompa
 def needs_basicsr() -> None:
     """Skip the calling test where basicsr is not installed (the core tests run without it)."""
     try:
-        from bsr_plugin.integrations.basicsr.compat import import_basicsr
+        from bsr_plugin.integrations.basicsr.shims import import_basicsr
 
         import_basicsr()
     except ImportError as err:

@@ -24,12 +24,15 @@ UNSAFE_ENV = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every file (its SHA-256) and folder under ``root``: compare two to prove nothing was
-    written, removed or changed."""
+    """Every file (its SHA-256), folder and FIFO under ``root``: compare two to prove nothing was
+    written, removed or changed (a FIFO is recorded, never opened)."""
     out = {}
     for p in sorted(Path(root).rglob("*")):
         rel = str(p.relative_to(root))
-        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_fifo():
+            out[rel] = "fifo"
+        else:
+            out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
 
@@ -151,3 +154,24 @@ class InterruptedWrite:
 
     def __exit__(self, *exc: Any) -> None:
         self.fh.close()
+
+
+def fifo(path: Path) -> Path:
+    """A named pipe nobody writes to: opening it for reading blocks forever."""
+    os.mkfifo(path)
+    return path
+
+
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header declares ``width`` x ``height`` (its data is a few bytes): a decoder
+    that trusts the header allocates the whole image."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+                     + chunk(b"IEND", b""))
+    return path

@@ -52,7 +52,7 @@ def build_standin(root: Path) -> Path:
     import cv2
     import skimage.data
 
-    from bsr_plugin.integrations.basicsr.compat import import_basicsr
+    from bsr_plugin.integrations.basicsr.shims import import_basicsr
 
     import_basicsr()
     src = Path(skimage.data.__file__).parent

@@ -42,7 +42,7 @@ def _refused(root: Path, capsys: pytest.CaptureFixture, command: str, opt: Any, 
     rc = basicsr_main([command, "-opt", str(yml), *flags])
     line = assert_refused(rc, capsys.readouterr().err, pattern, before, root, prefix=f"basicsr {command}: error")
     for folder in ("experiments", "results", "tb_logger"):
-        assert not (root / folder).exists()
+        assert (root / folder).exists() == (folder in before)  # nothing created, nothing archived
     return line
 
 
@@ -136,6 +136,41 @@ def _unreadable_bicubic(opt: dict, folder: Path) -> None:
     _garbage(_bicubic_train(opt, folder, [(80, 80)] * 5) / "t2.png")
 
 
+def _val_of_scale_2(opt: dict, _: Path) -> None:
+    val = opt["datasets"]["val"]
+    val["dataroot_lq"] = val["dataroot_lq"].replace("X4", "X2")
+    val["filename_tmpl"] = "{}x2"
+
+
+def _weights_in(folder: Path) -> Path:
+    """EDSRBin weights of the small options' network at ``folder/net_g_4.pth``."""
+    from bsr_plugin.integrations.basicsr.archs import EDSRBin
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"params": EDSRBin(num_feat=8, num_block=2, upscale=4).state_dict()}, folder / "net_g_4.pth")
+    return folder / "net_g_4.pth"
+
+
+def _in_own_experiment(key: str) -> Edit:
+    def edit(opt: dict, folder: Path) -> None:
+        opt["path"][key] = str(_weights_in(folder.parent / "experiments" / opt["name"] / "models"))
+    return edit
+
+
+def _teacher_in_own_experiment(opt: dict, folder: Path) -> None:
+    from basicsr.archs.edsr_arch import EDSR
+
+    models = folder.parent / "experiments" / opt["name"] / "models"
+    models.mkdir(parents=True)
+    torch.save({"params": EDSR(3, 3, num_feat=8, num_block=2, upscale=4).state_dict()}, models / "teacher.pth")
+    _distill(str(models / "teacher.pth"))(opt, folder)
+
+
+def _in_tb_logger(opt: dict, folder: Path) -> None:
+    opt["logger"]["use_tb_logger"] = True
+    opt["path"]["pretrain_network_g"] = str(_weights_in(folder.parent / "tb_logger" / opt["name"]))
+
+
 TRAIN_CASES: dict[str, tuple[Edit, str]] = {
     "upscale_differs_from_scale": (_set("network_g", "upscale", 2), r"network_g\.upscale is 2 but scale is 4"),
     "paired_hr_not_a_multiple_of_scale": (
@@ -185,6 +220,66 @@ TRAIN_CASES: dict[str, tuple[Edit, str]] = {
     "resume_state_missing": (_set("path", "resume_state", "nope.state"), r"path\.resume_state: 'nope\.state' does not"),
     "pretrain_missing": (_set("path", "pretrain_network_g", "nope.pth"), r"pretrain_network_g: 'nope\.pth' does not"),
     "unknown_key": (_set("logger", "print_frequency", 10), r"logger: unknown key 'print_frequency'"),
+    # from the former test_basicsr_errors.py
+    "unknown_float_architecture": (_set("network_g", {"type": "BinarizedArch",
+                                                      "arch": {"type": "EDSRR", "num_feat": 8}}),
+                                   r"unknown float architecture 'EDSRR'"),
+    "binarize_rule_matches_nothing": (_set("network_g", "binarize", "rules", [{"binarize": "type:Conv2d"},
+                                                                               {"keep": "tail.*"}]),
+                                      r"rule \{keep: tail\.\*\} matches no conv/linear layer"),
+    "val_lr_of_another_scale": (_val_of_scale_2, r"scale 4 disagrees with the data in datasets\.val"),
+    # numbers BasicSR would crash on after experiments/ exists, or absurd ones (issue 17)
+    "lr_not_finite": (_set("train", "optim_g", "lr", float("nan")),
+                      r"train\.optim_g\.lr: nan must be a number in \[1e-12, 1\]"),
+    "lr_infinite": (_set("train", "optim_g", "lr", float("inf")), r"train\.optim_g\.lr: inf must be a number"),
+    "lr_negative": (_set("train", "optim_g", "lr", -2e-4), r"train\.optim_g\.lr: -0\.0002 must be a number in"),
+    "lr_a_string": (_set("train", "optim_g", "lr", "2e-4"), r"train\.optim_g\.lr: '2e-4' must be a number"),
+    "betas_refused_by_adam": (_set("train", "optim_g", "betas", [1.5, 0.999]),
+                              r"train\.optim_g: Adam refuses these options \(ValueError: Invalid beta"),
+    "optimizer_unknown_argument": (_set("train", "optim_g", "momentum", 0.9),
+                                   r"train\.optim_g: Adam refuses these options \(TypeError: .*momentum"),
+    "ema_decay_above_one": (_set("train", "ema_decay", 1.5), r"train\.ema_decay: 1\.5 must be a number in \[0, "),
+    "warmup_iter_negative": (_set("train", "warmup_iter", -5), r"train\.warmup_iter: -5 must be a whole number"),
+    "total_iter_absurd": (_set("train", "total_iter", 10**12), r"train\.total_iter: 1000000000000; give the number"),
+    "milestones_not_a_list": (_set("train", "scheduler", "milestones", 200000),
+                              r"train\.scheduler: MultiStepLR refuses these options \(TypeError"),
+    "gamma_not_finite": (_set("train", "scheduler", "gamma", float("inf")), r"train\.scheduler\.gamma: inf must be"),
+    "cosine_periods_and_weights_differ": (_set("train", "scheduler", {"type": "CosineAnnealingRestartLR",
+                                                                      "periods": [4], "restart_weights": [1, 1]}),
+                                          r"train\.scheduler: CosineAnnealingRestartLR refuses these options"),
+    "val_freq_zero": (_set("val", "val_freq", 0), r"val\.val_freq: 0 must be a whole number in \[1, "),
+    "print_freq_zero": (_set("logger", "print_freq", 0), r"logger\.print_freq: 0 must be a whole number"),
+    "checkpoint_freq_fractional": (_set("logger", "save_checkpoint_freq", 2.5),
+                                   r"logger\.save_checkpoint_freq: 2\.5 must be a whole number"),
+    "pixel_loss_weight_negative": (_set("train", "pixel_opt", "loss_weight", -1.0),
+                                   r"train\.pixel_opt\.loss_weight: -1\.0 must be a number in \[0, 1e\+06\]"),
+    "pixel_loss_reduction_unknown": (_set("train", "pixel_opt", "reduction", "sum2"),
+                                     r"train\.pixel_opt: CurriculumL1Loss cannot be built with these options "
+                                     r"\(ConfigError: CurriculumL1Loss: unsupported reduction 'sum2'"),
+    "prior_a_not_finite": (_set("network_g", "binarize", "prior_a", float("nan")),
+                           r"network_g: binarize\.prior_a must be a number > 0 .*got nan"),
+    "scale_absurd": (_set("scale", 1000), r"scale: 1000 must be a whole upscaling factor \(2, 3, 4, \.\.\., at "
+                                          r"most 16"),
+    "manual_seed_beyond_numpy": (_set("manual_seed", 2**40), r"manual_seed: 1099511627776 must be a whole number in "
+                                                             r"\[0, 4294967294\]"),
+    "batch_absurd": (_set("datasets", "train", "batch_size_per_gpu", 10**6),
+                     r"batch_size_per_gpu: 1000000 must be a whole number >= 1 \(at most 4096\)"),
+    "workers_absurd": (_set("datasets", "train", "num_worker_per_gpu", 1000),
+                       r"num_worker_per_gpu: 1000 must be a whole number >= 0 \(at most 64\)"),
+    "enlarge_ratio_absurd": (_set("datasets", "train", "dataset_enlarge_ratio", 10**9),
+                             r"dataset_enlarge_ratio: 1000000000 must be a whole number >= 1 \(at most 10000\)"),
+    "gt_size_absurd": (_set("datasets", "train", "gt_size", 100000),
+                       r"gt_size: 100000; training crops need a positive gt_size \(a multiple of scale, at most"),
+    "crop_border_negative": (_set("val", "metrics", "psnr", "crop_border", -1),
+                             r"val\.metrics\.psnr\.crop_border: -1 must be a whole number of pixels"),
+    # files the run loads from a folder BasicSR archives first
+    "pretrain_in_its_own_experiment": (_in_own_experiment("pretrain_network_g"),
+                                       r"path\.pretrain_network_g: '.*experiments/e2e_edsr_bin/models/net_g_4\.pth' "
+                                       r"lies inside experiments/e2e_edsr_bin, which basicsr train archives"),
+    "teacher_in_its_own_experiment": (_teacher_in_own_experiment,
+                                      r"train\.distill\.pretrain: .* lies inside experiments/e2e_edsr_bin, which "
+                                      r"basicsr train archives"),
+    "pretrain_in_its_tb_logger": (_in_tb_logger, r"path\.pretrain_network_g: .* lies inside tb_logger/e2e_edsr_bin"),
 }
 if not torch.cuda.is_available():
     TRAIN_CASES["num_gpu_without_cuda"] = (_set("num_gpu", 2), r"num_gpu: 2 but this machine has no CUDA device")
@@ -230,6 +325,11 @@ TEST_CASES: dict[str, tuple[Edit, str]] = {
                         r"'experiments/x/models/net_g_latest\.pth' does not exist .* or train first"),
     "weights_of_another_network": (_wrong_weights, r"other\.pth does not fit network_g \(Error\(s\) in loading"),
     "packed_file_as_weights": (_packed_weights, r"net\.bsrpack is a packed model file, not a PyTorch checkpoint"),
+    "weights_in_its_own_results": (lambda o, r: o["path"].update(pretrain_network_g=str(_weights_in(
+        r / "results" / o["name"]))), r"path\.pretrain_network_g: .* lies inside results/e2e_test_edsr_bin, which "
+                                      r"basicsr test archives"),
+    "crop_border_not_a_number": (_set("val", "metrics", "psnr", "crop_border", "four"),
+                                 r"val\.metrics\.psnr\.crop_border: 'four' must be a whole number"),
     "test_set_lr_of_wrong_scale": (
         lambda o, r: o["datasets"]["test_1"].update(dataroot_lq=o["datasets"]["test_1"]["dataroot_lq"][:-1] + "2",
                                                     filename_tmpl="{}x2"),
@@ -278,6 +378,17 @@ FLAG_CASES = {
     "plugin_missing": (("--plugin", "no_such_plugin_module"), r"--plugin: cannot import it: No module named"),
     "plugin_without_module": (("--plugin",), r"--plugin needs a module name"),
     "launcher_without_torchrun": (("--launcher", "pytorch"), r"--launcher pytorch needs the variables torchrun sets"),
+    "plugin_empty_name": (("--plugin", ""), r"--plugin '' is not a module name: give a dotted name"),
+    "plugin_relative_name": (("--plugin", ".archs"), r"--plugin '\.archs' is not a module name"),
+    "plugin_file_path": (("--plugin", "my_archs.py"), r"--plugin 'my_archs\.py' is not a module name: .* put its "
+                                                      r"folder on PYTHONPATH and give --plugin my_archs"),
+    "plugin_equals_spelling": (("--plugin=no_such_plugin_module",), r"--plugin: cannot import it: No module named"),
+    "plugin_followed_by_a_flag": (("--plugin", "--debug"), r"--plugin needs a module name"),
+    "plugin_that_fails_to_import": (("--plugin", "broken_plugin_x"), r"--plugin broken_plugin_x: importing it "
+                                                                     r"failed \(SyntaxError"),
+    "force_yml_seed_beyond_numpy": (("--force_yml", "manual_seed=99999999999"),
+                                    r"manual_seed: 99999999999 must be a whole number in \[0, 4294967294\]"),
+    "force_yml_lr_not_finite": (("--force_yml", "train:optim_g:lr=.nan"), r"train\.optim_g\.lr: nan must be"),
 }
 
 
@@ -287,7 +398,22 @@ def test_command_line(case: str, root: Path, datasets_dir: Path, capsys: pytest.
     flags, pattern = FLAG_CASES[case]
     for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(var, raising=False)
+    (root / "broken_plugin_x.py").write_text("def register(:\n")
+    monkeypatch.syspath_prepend(str(root))
     _refused(root, capsys, "train", small_train_options("edsr_bin.yml", datasets_dir), pattern, flags)
+
+
+USAGE_CASES = {
+    "options_missing": (["train"], r"^basicsr train: error: -opt OPTIONS\.yml is required"),
+    "unknown_command": (["fit", "-opt", "x.yml"], r"^basicsr: error: unknown command 'fit': use basicsr train\|test"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USAGE_CASES))
+def test_usage_mistake(case: str, root: Path, capsys: pytest.CaptureFixture) -> None:
+    args, pattern = USAGE_CASES[case]
+    before = snapshot(root)
+    assert_refused(basicsr_main(args), capsys.readouterr().err, pattern, before, root)
 
 
 def test_every_problem_is_listed_at_once(root: Path, datasets_dir: Path, capsys: pytest.CaptureFixture) -> None:

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from bsr_plugin import CheckpointError
-from bsr_plugin.integrations.basicsr import compat
+from bsr_plugin.integrations.basicsr import resume
+from bsr_plugin.integrations.basicsr.runtime import patch_runtime
 
 from .basicsr_runs import load_yaml, read_logs, run_basicsr, small_train_options, write
 from .reliability import FULL_DISK, UNSAFE_ENV, InterruptedWrite, assert_refused, code_running_checkpoint, snapshot
@@ -84,10 +85,10 @@ def _opt(root: Path) -> dict:
 def _resume(root: Path, caplog: pytest.LogCaptureFixture) -> tuple[dict | None, dict, list[str]]:
     opt = _opt(root)
     before = snapshot(root)
-    with caplog.at_level(logging.WARNING, logger=compat.__name__):
-        state = compat._load_resume_state(opt)
+    with caplog.at_level(logging.WARNING, logger=resume.__name__):
+        state = resume.load_resume_state(opt)
     assert snapshot(root) == before  # the loader never deletes or rewrites anything
-    return state, opt, [r.getMessage() for r in caplog.records if r.name == compat.__name__]
+    return state, opt, [r.getMessage() for r in caplog.records if r.name == resume.__name__]
 
 
 @pytest.mark.parametrize("damage, why", [
@@ -140,7 +141,7 @@ def model(tmp_path: Path):
     """A BinarySRModel whose checkpoints go to ``tmp_path``, with BasicSR's savers patched."""
     from basicsr.models import build_model
 
-    compat.patch_runtime()
+    patch_runtime()
     opt = {"name": "atomic", "model_type": "BinarySRModel", "scale": 2, "num_gpu": 0, "dist": False, "rank": 0,
            "world_size": 1, "is_train": True, "manual_seed": 0,
            "network_g": {"type": "EDSRBin", "num_feat": 8, "num_block": 1, "upscale": 2},
@@ -186,4 +187,4 @@ def test_explicit_resume_state_error_names_the_fix(run_dir) -> None:
     opt["path"]["resume_state"] = str(state)
     with pytest.raises(CheckpointError, match=r"4\.state cannot be resumed: its network file net_g_4\.pth is "
                                               r"missing; point it at another training state"):
-        compat._load_resume_state(opt)
+        resume.load_resume_state(opt)

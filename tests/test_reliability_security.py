@@ -16,7 +16,9 @@ import yaml
 from bsr_plugin import CheckpointError
 from bsr_plugin.deploy.cli import main as bsr_main
 from bsr_plugin.integrations.basicsr.cli import main as basicsr_main
-from bsr_plugin.integrations.basicsr.compat import checkpoint_state, patch_runtime, safe_torch_load
+from bsr_plugin.integrations.basicsr.runtime import patch_runtime
+from bsr_plugin.integrations.basicsr.safe_load import checkpoint_state, safe_torch_load
+from bsr_plugin.safety import weights_only_loads
 
 from .basicsr_runs import small_test_options, small_train_options, write
 from .reliability import BASICSR, UNSAFE_ENV, assert_refused, code_running_checkpoint, run, snapshot
@@ -162,25 +164,33 @@ def test_api_refuses_code_running_checkpoint(load, root: Path) -> None:
 
 
 def test_basicsr_own_loaders_load_weights_only(root: Path) -> None:
-    """After patch_runtime, BasicSR's architecture loaders (here SpyNet's) cannot unpickle code either."""
+    """Under the guard (every bsr/basicsr command, load_packed), BasicSR's architecture loaders
+    (here SpyNet's) cannot unpickle code either; torch.load is itself again afterwards."""
     from basicsr.archs.spynet_arch import SpyNet
 
-    patch_runtime()
+    original = torch.load
     code_running_checkpoint(root / "spynet.pth", root / "MARKER")
-    with pytest.raises(pickle.UnpicklingError):
+    with weights_only_loads(), pytest.raises(pickle.UnpicklingError):
         SpyNet(load_path=str(root / "spynet.pth"))
+    assert torch.load is original and torch.serialization.load is original
     assert not (root / "MARKER").exists()
 
 
 def test_basicsr_load_network_is_the_safe_one(root: Path) -> None:
-    """BaseModel.load_network (pretrain_network_g, resumed networks) loads weights only after patch_runtime."""
+    """The models the basicsr command builds (BasicSR's SRModel included) load weights only; BasicSR's
+    BaseModel itself is not patched."""
     from basicsr.models.base_model import BaseModel
+    from basicsr.utils.registry import MODEL_REGISTRY
 
     from bsr_plugin.integrations.basicsr.archs import EDSRBin
+    from bsr_plugin.integrations.basicsr.safe_models import SafeModelMixin
 
     patch_runtime()
+    assert BaseModel.load_network.__module__ == "basicsr.models.base_model"
     code_running_checkpoint(root / "evil.pth", root / "MARKER")
-    model = BaseModel.__new__(BaseModel)
-    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
-        model.load_network(EDSRBin(num_feat=8, num_block=1, upscale=2), str(root / "evil.pth"))
+    for name in ("SRModel", "BinarySRModel"):
+        cls = MODEL_REGISTRY.get(name)
+        assert issubclass(cls, SafeModelMixin) and cls.__name__ == name
+        with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+            cls.__new__(cls).load_network(EDSRBin(num_feat=8, num_block=1, upscale=2), str(root / "evil.pth"))
     assert not (root / "MARKER").exists()

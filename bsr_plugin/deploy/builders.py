@@ -24,6 +24,7 @@ config) or the binarized one.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from dataclasses import dataclass
 from importlib import metadata
@@ -50,12 +51,17 @@ class Builder:
         from_options: optional ``(options_file, checkpoint, param_key, need_weights) -> network``
             for the ``bsr`` command's ``-opt`` source (the BasicSR builder has it).
         description: one line for error messages and ``--help``.
+        check_spec: optional ``(spec, source) -> None`` that refuses (``UnsafeInputError``) a
+            spec from a packed file naming what this builder knows reads, downloads or runs
+            anything (e.g. BasicSR architectures that load a file in their constructor); it runs
+            after :func:`bsr_plugin.safety.check_spec_values`, before anything is built.
     """
 
     name: str
     build: BuildFn
     from_options: Optional[Callable[..., nn.Module]] = None
     description: str = ""
+    check_spec: Optional[Callable[[Mapping[str, Any], str], None]] = None
 
 
 _BUILDERS: dict[str, Builder] = {}
@@ -63,11 +69,12 @@ _FAILED: dict[str, str] = {}
 
 
 def register_builder(name: str, build: BuildFn, *, from_options: Optional[Callable[..., nn.Module]] = None,
-                     description: str = "") -> Builder:
+                     description: str = "", check_spec: Optional[Callable[[Mapping[str, Any], str], None]] = None
+                     ) -> Builder:
     """Register (or replace) the builder ``name``; returns it."""
     if not isinstance(name, str) or not name:
         raise BuilderError(f"a builder needs a non-empty name, got {name!r}")
-    builder = Builder(name, build, from_options, description)
+    builder = Builder(name, build, from_options, description, check_spec)
     _BUILDERS[name] = builder
     return builder
 
@@ -110,20 +117,37 @@ def get_builder(name: str) -> Builder:
 
 def builder_from_reference(reference: str) -> Builder:
     """A builder from a callable the user names as ``module:function`` (``bsr --model``): the
-    function is called with no arguments (or with the file's spec if it takes one) and returns
-    the float or binarized network."""
-    module_name, _, attr = reference.partition(":")
-    if not module_name or not attr:
+    function is called with no arguments and returns the float or binarized network. It is the
+    user's own code, so it may read the auxiliary files its network needs (``torch.load`` is
+    still weights-only while it builds)."""
+    module_name, _, attr = str(reference).partition(":")
+    if not module_name or not attr or module_name.startswith(".") or not all(
+            part.isidentifier() for part in module_name.split(".") + attr.split(".")):
         raise BuilderError(f"--model {reference!r}: write it as module:function, e.g. my_pkg.nets:make_net")
     try:
-        fn = getattr(importlib.import_module(module_name), attr)
+        fn: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            fn = getattr(fn, part)
     except (ImportError, AttributeError) as err:
-        raise BuilderError(f"--model {reference!r}: cannot import it ({err})") from err
+        raise BuilderError(f"--model {reference!r}: cannot import it ({err})") from None
+    except Exception as err:  # the user's module failed while importing: their code, named in one line
+        raise BuilderError(f"--model {reference!r}: importing {module_name} failed ({type(err).__name__}: "
+                           f"{str(err)[:200]})") from None
     if not callable(fn):
         raise BuilderError(f"--model {reference!r} is not callable")
+    try:
+        inspect.signature(fn).bind()
+    except TypeError:
+        raise BuilderError(f"--model {reference!r} needs arguments; name a function that takes none and returns the "
+                           "network") from None
+    except ValueError:  # a builtin without a signature: called as it is
+        pass
 
     def build(spec: Mapping[str, Any]) -> nn.Module:
-        net = fn()
+        from ..safety import weights_only_loads
+
+        with weights_only_loads():
+            net = fn()
         if not isinstance(net, nn.Module):
             raise BuilderError(f"--model {reference!r} returned a {type(net).__name__}, not a torch.nn.Module")
         return net

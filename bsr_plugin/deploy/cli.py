@@ -37,10 +37,22 @@ from torch import nn
 from ..analysis.check import check_binary
 from ..analysis.complexity import CONVENTIONS, summary
 from ..errors import BsrError, CLIError
+from ..fileio import atomic_path, not_regular, terminate_as_exit
 from .builders import builder_from_reference, get_builder
 from .file_format import SUFFIX
-from .inference import IMAGE_SUFFIXES, Progress, check_output_path, read_image, tiles_of, upscale, write_image
+from .inference import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    Progress,
+    check_output_path,
+    header_size,
+    read_image,
+    tiles_of,
+    upscale,
+    write_image,
+)
 from .packed import ENGINES, export_packed, load_packed
+from .tiling import UNKNOWN_RADIUS_PAD, Probe, available_memory, memory_needed, probe, seam_error
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +78,52 @@ def _in_channels(net: nn.Module) -> int:
     return 3
 
 
-def _input_size(args: argparse.Namespace, net: nn.Module, default_hw: tuple[int, int]) -> tuple[int, ...]:
-    if args.input_size:
-        return tuple(args.input_size)
-    return (_in_channels(net),) + default_hw
+MAX_COUNT_SIDE = 2**14
+"""Largest --input-size height or width ``bsr summary`` counts at (on the meta device)."""
+MAX_RUN_SIDE = 4096
+"""Largest --input-size height or width of a real forward pass (``bsr check``, the ONNX sample)."""
+MAX_TILE, MAX_TILE_PAD, MAX_PIXELS_LIMIT = 2**16, 4096, 2**34
+MAX_BENCH_SIDE, MAX_THREADS, MAX_REPEATS = 8192, 1024, 1000
+
+
+def within(name: str, value: int, low: int, high: int, hint: str = "") -> int:
+    """``value`` of the argument ``name`` if it lies in ``[low, high]``, else a one-line CLIError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise CLIError(f"{name} {value}: give a whole number in [{low:,}, {high:,}]{hint}")
+    return value
+
+
+def _input_size(args: argparse.Namespace, net: nn.Module, default_hw: tuple[int, int],
+                max_side: int) -> tuple[int, int, int]:
+    """``--input-size C H W`` (or the network's channels x ``default_hw``): C must be the
+    network's input channels, H and W in ``[1, max_side]``."""
+    channels = _in_channels(net)
+    if not args.input_size:
+        return (channels,) + default_hw
+    c, h, w = args.input_size
+    if c != channels:
+        raise CLIError(f"--input-size {c} {h} {w}: the network takes {channels}-channel inputs, not {c}")
+    for side in (h, w):
+        within("--input-size", side, 1, max_side, f" for the height and width (here {c} {h} {w})")
+    return (c, h, w)
+
+
+def _sample(args: argparse.Namespace, net: nn.Module, default_hw: tuple[int, int]) -> torch.Tensor:
+    """A random input of ``--input-size`` that the network has run on once (a size it cannot
+    take is the argument's fault, named in one line, before anything is written)."""
+    size = _input_size(args, net, default_hw, MAX_RUN_SIDE)
+    torch.manual_seed(0)
+    x = torch.rand((1,) + size)
+    what = "--input-size " + " ".join(map(str, size)) if args.input_size else f"the default {size[1]}x{size[2]} input"
+    with torch.no_grad(), _memory_guard(what, "give a smaller --input-size"):
+        try:
+            net(x)
+        except RuntimeError as err:
+            if _is_out_of_memory(err):
+                raise
+            raise CLIError(f"{what}: the network cannot run on it ({str(err).splitlines()[0][:200]}); give an input "
+                           "size it takes") from None
+    return x
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -95,7 +149,9 @@ def refuse_overwrite(inputs: Sequence[Optional[str]], outputs: Sequence[Optional
 # -- commands -------------------------------------------------------------------------------
 def cmd_summary(args: argparse.Namespace) -> int:
     net = load_network(args, need_weights=False)
-    result = summary(net, _input_size(args, net, (180, 320)), convention=args.convention)
+    size = _input_size(args, net, (180, 320), MAX_COUNT_SIDE)
+    with _memory_guard(f"counting at {size[2]}x{size[1]}", "give a smaller --input-size"):
+        result = summary(net, size, convention=args.convention)
     print(json.dumps(result.to_dict(), indent=1) if args.json else result)
     return 0
 
@@ -106,16 +162,21 @@ def cmd_export(args: argparse.Namespace) -> int:
                        "(nothing else is ever overwritten with one)")
     if args.onnx and Path(args.onnx).suffix != ".onnx":
         raise CLIError(f"--onnx {args.onnx}: give the ONNX file the .onnx suffix")
+    if args.input_size and not args.onnx:
+        raise CLIError("--input-size is the size of the ONNX sample input: it needs --onnx FILE")
     refuse_overwrite([args.opt, args.checkpoint, args.packed], [args.output, args.onnx])
     net = load_network(args)
-    info = export_packed(net, args.output, fp16=args.fp16)
-    print(info)
-    if args.onnx:
-        from .onnx_export import export_onnx
+    if not args.onnx:
+        print(export_packed(net, args.output, fp16=args.fp16))
+        return 0
+    from .onnx_export import export_onnx
 
-        sample = torch.rand((1,) + _input_size(args, net, (48, 48)))
-        export_onnx(net, args.onnx, sample)
-        print(f"{args.onnx}: ONNX graph ({Path(args.onnx).stat().st_size:,} bytes)")
+    sample = _sample(args, net, (48, 48))  # checked before either file is written
+    with atomic_path(args.onnx) as onnx_file:  # the ONNX file appears only if the packed file was written too
+        export_onnx(net, onnx_file, sample)
+        info = export_packed(net, args.output, fp16=args.fp16)
+    print(info)
+    print(f"{args.onnx}: ONNX graph ({Path(args.onnx).stat().st_size:,} bytes)")
     return 0
 
 
@@ -125,12 +186,12 @@ def _run_jobs(args: argparse.Namespace) -> list[tuple[str, str]]:
     for item in args.inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not not_regular(f))
             if not found:
                 raise CLIError(f"{item} holds no image ({', '.join(IMAGE_SUFFIXES)})")
             sources += found
-        elif not p.is_file():
-            raise CLIError(f"input {item} does not exist")
+        elif not_regular(p):
+            raise CLIError(f"input {item} {not_regular(p)}")
         else:
             sources.append(item)
     if len(args.inputs) == 1 and Path(args.inputs[0]).is_file():
@@ -141,8 +202,11 @@ def _run_jobs(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.tile < 0 or args.tile_pad < 0:
-        raise CLIError("--tile and --tile-pad must be >= 0")
+    if args.tile:
+        within("--tile", args.tile, 1, MAX_TILE, " (or 0: the whole image at once)")
+    if args.tile_pad is not None:
+        within("--tile-pad", args.tile_pad, 0, MAX_TILE_PAD)
+    within("--max-pixels", args.max_pixels, 1, MAX_PIXELS_LIMIT)
     jobs = _run_jobs(args)
     refuse_overwrite([args.model_file, *(s for s, _ in jobs)], [o for _, o in jobs])
     for _, out in jobs:
@@ -151,21 +215,63 @@ def cmd_run(args: argparse.Namespace) -> int:
     net = load_packed(args.model_file, engine=args.engine, builder=builder)
     print(f"engine: {net.bsr_engine}")
     channels = _in_channels(net)
-    images = []
-    for src, out in jobs:
-        with _memory_guard(src, args.tile):
-            images.append((src, out, *read_image(src, channels)))
+    found = probe(net, channels)
+    pad = _tile_pad(args, found)
+    images = [(src, out, *_read_input(src, channels, found.scale, args)) for src, out in jobs]
     for _, out, _, depth in images:
         check_output_path(out, depth, channels)
     progress = Progress(sum(tiles_of(x, args.tile) for _, _, x, _ in images), "tiles" if args.tile else "images")
     for src, out, x, depth in images:
-        with _memory_guard(f"{src} ({x.shape[3]}x{x.shape[2]})", args.tile, max(x.shape[2:])):
-            arr = upscale(net, x, depth, args.tile, args.tile_pad, progress)
+        what = f"{src} ({x.shape[3]}x{x.shape[2]})"
+        with _memory_guard(what, _tile_advice(args.tile, max(x.shape[2:]))):
+            arr = upscale(net, x, depth, args.tile, pad, progress)
         write_image(out, arr)
         print(f"{src} ({x.shape[3]}x{x.shape[2]}) -> {out} ({arr.shape[1]}x{arr.shape[0]})")
+    if args.tile and found.radius is None:
+        _warn_seams(net, images[0], args.tile, pad)
     if args.check:
         return _check_run(args, net, images[0][2])
     return 0
+
+
+def _tile_pad(args: argparse.Namespace, found: Probe) -> int:
+    """``--tile-pad``, by default the network's receptive radius; a smaller one is refused
+    (tiles would differ from the whole-image output at their seams)."""
+    if args.tile_pad is None:
+        return found.radius if found.radius is not None else UNKNOWN_RADIUS_PAD
+    if args.tile and found.radius is not None and args.tile_pad < found.radius:
+        raise CLIError(f"--tile-pad {args.tile_pad} is smaller than the network's receptive field ({found.radius} "
+                       f"input pixels): tiles would differ from the whole-image output at their seams; leave "
+                       f"--tile-pad out (it defaults to {found.radius}) or give at least {found.radius}")
+    return args.tile_pad
+
+
+def _read_input(src: str, channels: int, scale: int, args: argparse.Namespace) -> tuple[torch.Tensor, int]:
+    """One input image, its size checked from the header (``--max-pixels``, and what it needs in
+    memory whatever the tiling) before it is decoded."""
+    size = header_size(src)
+    if size is not None and size[0] * size[1] <= args.max_pixels:
+        needed, free = memory_needed(size[1], size[0], channels, scale, 8), available_memory()
+        if free is not None and needed > free:
+            raise CLIError(f"{src} ({size[0]}x{size[1]}): it needs {needed / 2**30:.1f} GiB in memory whatever the "
+                           f"tiling (the image, its float copy and the x{scale} output), {free / 2**30:.1f} GiB are "
+                           "available: crop or downscale it (--tile does not help here)")
+    with _memory_guard(f"{src} (decoding)", "crop or downscale it (--tile does not help while decoding)"):
+        return read_image(src, channels, args.max_pixels)
+
+
+def _warn_seams(net: nn.Module, image: tuple, tile: int, pad: int) -> None:
+    """Where the receptive field is unknown, measure what tiling changed on a crop of the first image."""
+    src, _, x, depth = image
+    side = 2 * (tile + pad)  # two tiles with their context: the seam between them is inside the crop
+    crop = x[..., :min(x.shape[2], side), :min(x.shape[3], side)]
+    with torch.no_grad():
+        worst, share = seam_error(upscale(net, crop, depth), upscale(net, crop, depth, tile, pad))
+    if worst:
+        print(f"bsr run: warning: this network's receptive field cannot be computed (it has linear or attention "
+              f"layers); on a {crop.shape[3]}x{crop.shape[2]} crop of {src}, tiles of {tile} with --tile-pad {pad} "
+              f"differ from the whole image by up to {worst}/{2**depth - 1} on {share:.1%} of the values: raise "
+              "--tile-pad until this warning goes", file=sys.stderr)
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -176,17 +282,23 @@ def _is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("alloc" in text or "out of memory" in text)
 
 
+def _tile_advice(tile: int, longest: int) -> str:
+    """What to do when the network runs out of memory: smaller tiles, where that still helps."""
+    if tile and tile <= 32:
+        return f"even tiles of {tile} do not fit: free memory, or crop or downscale the image"
+    smaller = max(32, tile // 2 // 16 * 16) if tile else max(64, (longest // 4) // 32 * 32)
+    return f"run it in tiles, e.g. --tile {smaller}" + (f" (smaller than --tile {tile})" if tile else "")
+
+
 @contextlib.contextmanager
-def _memory_guard(what: str, tile: int, longest: int = 1024) -> Iterator[None]:
-    """Out of memory inside the block is the user's to fix (a smaller ``--tile``): one line."""
+def _memory_guard(what: str, fix: str) -> Iterator[None]:
+    """Out of memory inside the block is the user's to fix (``fix``): one line."""
     try:
         yield
     except (MemoryError, RuntimeError) as err:
         if not _is_out_of_memory(err):
             raise
-        smaller = max(32, tile // 2 // 16 * 16) if tile else max(64, (longest // 4) // 32 * 32)
-        raise CLIError(f"out of memory on {what}: run it in tiles, e.g. --tile {smaller}"
-                       f"{' (smaller than --tile ' + str(tile) + ')' if tile else ''}") from None
+        raise CLIError(f"out of memory on {what}: {fix}") from None
 
 
 def _check_run(args: argparse.Namespace, net: nn.Module, x: torch.Tensor) -> int:
@@ -203,13 +315,16 @@ def _check_run(args: argparse.Namespace, net: nn.Module, x: torch.Tensor) -> int
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    within("--max-pixels", args.max_pixels, 1, MAX_PIXELS_LIMIT)
+    if args.image and args.input_size:
+        raise CLIError("--image and --input-size both give the input: give one")
     net = load_network(args)
     if args.image:
-        x, _ = read_image(args.image, _in_channels(net))
+        x, _ = read_image(args.image, _in_channels(net), args.max_pixels)
     else:
-        torch.manual_seed(0)
-        x = torch.rand((1,) + _input_size(args, net, (48, 48)))
-    result = check_binary(net, x)
+        x = _sample(args, net, (48, 48))
+    with _memory_guard(f"{x.shape[3]}x{x.shape[2]}", "give a smaller input"):
+        result = check_binary(net, x)
     print(result)
     return 0 if result.ok else 1
 
@@ -223,8 +338,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ValueError:
         raise CLIError(f"--size WxH (e.g. 320x180) and --threads N[,N...] take integers, got {args.size!r}, "
                        f"{args.threads!r}") from None
+    for side in (width, height):
+        within("--size", side, 1, MAX_BENCH_SIDE, f" for the width and the height (here {args.size})")
+    for n in threads:
+        within("--threads", n, 1, MAX_THREADS)
+    within("--repeats", args.repeats, 1, MAX_REPEATS)
     builder = builder_from_reference(args.model) if args.model else None
-    report = bench_packed(args.model_file, (height, width), threads, repeats=args.repeats, builder=builder)
+    with _memory_guard(f"{width}x{height}", "give a smaller --size"):
+        report = bench_packed(args.model_file, (height, width), threads, repeats=args.repeats, builder=builder)
     print(json.dumps(report.to_dict(), indent=1) if args.json else report)
     return 0
 
@@ -259,6 +380,12 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 def _add_input_size(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
                    help=f"one input, without the batch dimension (default: the network's channels x {default})")
+
+
+def _add_max_pixels(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse input images above N pixels, read from their header before decoding (default "
+                        f"{DEFAULT_MAX_PIXELS:,})")
 
 
 def _plugin_commands() -> dict[str, metadata.EntryPoint]:
@@ -299,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="low-resolution image(s) or a folder of them")
     p.add_argument("-o", "--output", required=True, help="output image (one input) or folder (several)")
     p.add_argument("--tile", type=int, default=0, help="run in tiles of this many input pixels (0: whole image)")
-    p.add_argument("--tile-pad", type=int, default=16, help="context pixels around each tile (default 16)")
+    p.add_argument("--tile-pad", type=int, default=None, help="context pixels around each tile (default: the "
+                   "network's receptive field, so tiles give exactly the whole-image output; less is refused)")
+    _add_max_pixels(p)
     p.add_argument("--engine", choices=ENGINES, default="auto", help="packed (XNOR-popcount), float (simulation), "
                    "auto (packed where the extension is built)")
     p.add_argument("--check", action="store_true", help="also prove on the first image that every binarized layer "
@@ -310,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="run one forward pass and prove every binarized layer is binary")
     _add_source(p)
     p.add_argument("--image", help="input image (default: a random input of --input-size)")
+    _add_max_pixels(p)
     _add_input_size(p, "48 x 48")
     p.set_defaults(func=cmd_check)
 
@@ -374,7 +504,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         def run() -> int:
             return args.func(args)
     try:
-        return run()
+        with terminate_as_exit():  # a SIGTERM mid-write leaves the previous file whole
+            return run()
     except BsrError as err:
         print(f"bsr {command}: error: {err}", file=sys.stderr)
         return 2

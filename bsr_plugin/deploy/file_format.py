@@ -37,7 +37,6 @@ import os
 import struct
 import sys
 import zlib
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
@@ -49,7 +48,7 @@ from ..core.layers import TRAINING_BUFFERS, BinaryLayerMixin
 from ..core.options import LayerOptions
 from ..core.registry import binary_types
 from ..errors import ConfigError, PackedFormatError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, open_regular
 
 MAGIC = b"BSRPACK\x00"
 FORMAT_VERSION = 2
@@ -304,7 +303,8 @@ def read_packed(path: PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
     "signs"``). Raises :class:`~bsr_plugin.PackedFormatError` for any file that fails a check
     of the module docstring."""
     try:
-        data = Path(path).read_bytes()
+        with open_regular(path) as fh:  # a FIFO or device is refused, never waited on
+            data = fh.read()
     except OSError as err:
         raise refuse(path, f"cannot read it ({err.strerror or err})") from None
     version, manifest_n, blobs_n = _header(path, data)

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,12 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CLIError
-from ..fileio import write_bytes_atomic
+from ..fileio import not_regular, open_regular, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff", ".ppm", ".pgm")
+_PIL_LOCK = threading.Lock()
 
 
 def _cv2() -> Any:
@@ -37,19 +39,73 @@ def _cv2() -> Any:
     return cv2
 
 
-def read_image(path: str, channels: int = 3) -> tuple[Tensor, int]:
+DEFAULT_MAX_PIXELS = 2**28
+"""Largest input image (width x height, 268 megapixels: 16384 x 16384) read by default: its
+size is read from the header and checked before any pixel is decoded (``--max-pixels``)."""
+
+
+def header_size(path: str) -> Optional[tuple[int, int]]:
+    """``(width, height)`` from the image file's header, without decoding a pixel (Pillow's lazy
+    open, its decompression-bomb limit lifted for this look only); None when Pillow is not
+    installed or cannot read the header (OpenCV then decides)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    with _PIL_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(path) as im:
+                return tuple(im.size)  # type: ignore[return-value]
+        except (OSError, SyntaxError, ValueError):
+            return None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def read_image(path: str, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Tensor, int]:
     """An image file as a ``1 x C x H x W`` float tensor in [0, 1] (RGB order, as BasicSR) and
     its bit depth (8 or 16; 16-bit images keep their precision). Gray images are repeated to
-    RGB for 3-channel networks; an alpha channel is refused."""
+    RGB for 3-channel networks; an alpha channel is refused. The size in the header is checked
+    against ``max_pixels`` before decoding; a FIFO or device is refused, never waited on; a file
+    OpenCV cannot decode is one :class:`~bsr_plugin.CLIError`."""
     cv2 = _cv2()
-    if not Path(path).is_file():
-        raise CLIError(f"input image {path} does not exist")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise CLIError(f"cannot read {path} as an image (not an image file, or a format OpenCV cannot decode)")
+    why = not_regular(path)
+    if why is not None:
+        raise CLIError(f"input image {path} {why}")
+    size = header_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise CLIError(f"{path}: its header declares {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, above the "
+                       f"limit of {max_pixels:,} (--max-pixels); crop or downscale it, or raise --max-pixels")
+    with open_regular(path) as fh:
+        data = np.frombuffer(fh.read(), np.uint8)
+    img = _decode(path, data, cv2)
     if img.dtype not in (np.uint8, np.uint16):
         raise CLIError(f"{path}: {img.dtype} pixels are not supported; give an 8- or 16-bit image")
+    if img.shape[0] * img.shape[1] > max_pixels:
+        raise CLIError(f"{path}: {img.shape[1]}x{img.shape[0]} pixels, above the limit of {max_pixels:,} "
+                       "(--max-pixels); crop or downscale it, or raise --max-pixels")
     depth = 16 if img.dtype == np.uint16 else 8
+    return _to_tensor(path, img, channels, depth, cv2), depth
+
+
+def _decode(path: str, data: np.ndarray, cv2: Any) -> np.ndarray:
+    """OpenCV's decoding of the file's bytes, its own log silenced; any failure is one line."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error as err:
+        reason = next((line for line in str(err).splitlines() if "error:" in line), str(err)).split("error:")[-1]
+        raise CLIError(f"cannot decode {path} as an image ({reason.strip()[:160]})") from None
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if img is None:
+        raise CLIError(f"cannot read {path} as an image (not an image file, or a format OpenCV cannot decode)")
+    return img
+
+
+def _to_tensor(path: str, img: np.ndarray, channels: int, depth: int, cv2: Any) -> Tensor:
     if img.ndim == 2:
         img = img[:, :, None]
     if img.shape[2] == 4:
@@ -63,7 +119,7 @@ def read_image(path: str, channels: int = 3) -> tuple[Tensor, int]:
     elif img.shape[2] != channels:
         raise CLIError(f"{path} has {img.shape[2]} channels; the network takes {channels}")
     scale = 65535.0 if depth == 16 else 255.0
-    return torch.from_numpy(img.astype(np.float32) / scale).permute(2, 0, 1).unsqueeze(0).contiguous(), depth
+    return torch.from_numpy(img.astype(np.float32) / scale).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
 def check_output_path(path: str, depth: int = 8, channels: int = 3) -> None:
@@ -146,14 +202,22 @@ def _scale_of(x: Tensor, y: Tensor) -> int:
 
 
 @torch.no_grad()
-def upscale(net: nn.Module, x: Tensor, depth: int, tile: int = 0, tile_pad: int = 16,
+def upscale(net: nn.Module, x: Tensor, depth: int, tile: int = 0, tile_pad: Optional[int] = None,
             progress: Optional[Progress] = None) -> np.ndarray:
     """Run ``net`` on ``x`` (``1 x C x H x W``) and return the output as an image array.
 
     ``tile > 0`` splits the input into ``tile x tile`` pieces, each run with ``tile_pad``
     pixels of context on every side and cropped back (Real-ESRGAN's ``--tile``): the output
     equals the whole-image output wherever the network's receptive field fits in the context.
-    Only one tile's activations and the output array are in memory at a time."""
+    ``tile_pad=None`` (default) is the network's receptive radius
+    (:func:`bsr_plugin.deploy.tiling.probe`; ``UNKNOWN_RADIUS_PAD`` where it cannot be
+    computed), so tiles give exactly the whole-image output. Only one tile's activations and the output array are in
+    memory at a time."""
+    if tile > 0 and tile_pad is None:
+        from .tiling import UNKNOWN_RADIUS_PAD, probe
+
+        radius = probe(net, x.shape[1]).radius
+        tile_pad = UNKNOWN_RADIUS_PAD if radius is None else radius
     if tile <= 0:
         y = net(x)
         if progress:

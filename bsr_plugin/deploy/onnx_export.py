@@ -31,6 +31,7 @@ from ..core.layers import BinaryConv2d, BinaryLinear
 from ..core.registry import binary_layers, form_of, is_binary, layer_channels, register_form, require_fully_binary
 from ..core.replace import replace_modules
 from ..errors import ConfigError
+from ..fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ def export_onnx(model: nn.Module, path: Union[str, Path], sample: Tensor, *, ops
 
     Args:
         model: the network (not modified; an eval-mode copy is exported).
-        path: the ``.onnx`` file to write.
+        path: the ``.onnx`` file to write (atomically: a temporary file in the same folder,
+            checked, fsynced, then renamed; a failure or a kill leaves an earlier file whole).
         sample: an input batch of the right shape, e.g. ``torch.rand(1, 3, 48, 48)``.
         opset: ONNX opset version.
         dynamic: make batch, height and width dynamic axes (else the sample's shape is fixed).
@@ -104,18 +106,19 @@ def export_onnx(model: nn.Module, path: Union[str, Path], sample: Tensor, *, ops
         names: Sequence[str] = ("batch", "height", "width")
         axes = {input_name: {0: names[0], 2: names[1], 3: names[2]} if sample.dim() == 4 else {0: names[0]},
                 output_name: {0: names[0], 2: "out_height", 3: "out_width"} if sample.dim() == 4 else {0: names[0]}}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
-        torch.onnx.export(frozen, (sample,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[input_name], output_names=[output_name], dynamic_axes=axes,
-                          do_constant_folding=True)
-    if check is None or check:
-        try:
-            import onnx
-        except ImportError:
-            if check:
-                raise ImportError("check=True needs the onnx package: pip install 'bsr_plugin[onnx]'") from None
-        else:
-            onnx.checker.check_model(str(path))
+    with atomic_path(path) as tmp:  # a kill or a failure leaves the previous file whole
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+            torch.onnx.export(frozen, (sample,), str(tmp), dynamo=False, opset_version=opset,
+                              input_names=[input_name], output_names=[output_name], dynamic_axes=axes,
+                              do_constant_folding=True)
+        if check is None or check:
+            try:
+                import onnx
+            except ImportError:
+                if check:
+                    raise ImportError("check=True needs the onnx package: pip install 'bsr_plugin[onnx]'") from None
+            else:
+                onnx.checker.check_model(str(tmp))
     logger.info("export_onnx: wrote %s", path)
     return path

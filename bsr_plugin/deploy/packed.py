@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import pickle
 import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -43,7 +44,8 @@ from ..conversion import convert
 from ..core.bits import unpack_signs
 from ..core.layers import BinaryLayerMixin
 from ..core.registry import binary_layers, form_of, is_binary, require_fully_binary
-from ..errors import BuilderError, ConfigError, PackedFormatError
+from ..errors import BuilderError, ConfigError, PackedFormatError, UnsafeInputError
+from ..safety import building_from_data, check_spec_values, unpickling_reason
 from .builders import Builder, get_builder
 from .file_format import (
     DTYPE_NAMES,
@@ -63,6 +65,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 8 * 2**30
 """Largest network (bytes of its state on the CPU) that :func:`load_packed` builds by default."""
+
+MODULES_PER_TENSOR = 64
+"""A file's spec may construct at most this many modules per tensor the file stores (a spec
+asking for millions of blocks is refused while it builds, before it can hang the loader)."""
 
 
 @dataclass
@@ -213,7 +219,12 @@ def _building(meta: str) -> Any:
 def _build(path: Any, manifest: dict[str, Any], model: Optional[nn.Module], builder: Optional[Builder],
            meta: str) -> nn.Module:
     """A fresh binarized network of the file's structure, built as :func:`_building` says
-    (``model`` itself is not modified)."""
+    (``model`` itself is not modified).
+
+    The file's own spec is data: it is checked against the allow-list and built under the
+    strict guard of :mod:`bsr_plugin.safety` (no file, socket, download or program; a bounded
+    number of modules). A user's skeleton or ``--model`` function is trusted code
+    (``torch.load`` stays weights-only)."""
     config = manifest["config"]
     with _building(meta):
         if model is not None:
@@ -225,20 +236,31 @@ def _build(path: Any, manifest: dict[str, Any], model: Optional[nn.Module], buil
                     for name, p in module._parameters.items():
                         if p is not None:
                             module._parameters[name] = nn.Parameter(p.detach().to("meta"), p.requires_grad)
+        elif builder is not None:
+            net = builder.build(manifest["build"]["spec"] if manifest["build"] else {})
         else:
-            build = manifest["build"]
-            if build is None and builder is None:
-                raise refuse(path, f"the file does not say how to build its network (it was exported from a "
-                                   f"{manifest.get('model_class')} without bsr_build); pass the network: "
-                                   "load_packed(path, model=FloatNet(...)) or bsr ... --model module:function")
-            builder = builder or get_builder(build["builder"])
-            net = builder.build(build["spec"] if build else {})
+            net = _build_from_file_spec(path, manifest)
         if not any(is_binary(m) for m in net.modules()):
             if config is None:
                 raise refuse(path, "the file holds no binarize config, so a float network cannot be converted to "
                                    "its structure; pass the binarized network (same structure) as model=")
             net = convert(net, config, inplace=True)
     return net
+
+
+def _build_from_file_spec(path: Any, manifest: dict[str, Any]) -> nn.Module:
+    """The network the file's builder spec describes, built under the strict guard."""
+    build = manifest["build"]
+    if build is None:
+        raise refuse(path, f"the file does not say how to build its network (it was exported from a "
+                           f"{manifest.get('model_class')} without bsr_build); pass the network: "
+                           "load_packed(path, model=FloatNet(...)) or bsr ... --model module:function")
+    builder = get_builder(build["builder"])
+    check_spec_values(build["spec"], str(path))
+    if builder.check_spec is not None:
+        builder.check_spec(build["spec"], str(path))
+    with building_from_data(str(path), strict=True, max_modules=MODULES_PER_TENSOR * (len(manifest["tensors"]) + 8)):
+        return builder.build(build["spec"])
 
 
 def _verify(path: Any, manifest: dict[str, Any], net: nn.Module) -> dict[str, BinaryLayerMixin]:
@@ -282,11 +304,15 @@ def _real_network(path: Any, manifest: dict[str, Any], model: Optional[nn.Module
     """:func:`_build` after the size check; a spec or config the network rejects is the file's fault."""
     try:
         return _build(path, manifest, model, builder, meta)
-    except (BuilderError, PackedFormatError):
+    except (BuilderError, PackedFormatError, UnsafeInputError):
         raise
+    except pickle.UnpicklingError as err:
+        raise refuse(path, f"its network's builder loads a file that is not plain weights ({unpickling_reason(err)}); "
+                           "bsr_plugin never unpickles code") from None
     except Exception as err:
+        first = (str(err).strip().splitlines() or [""])[0][:200]
         raise refuse(path, f"its network cannot be built from the stored spec and config "
-                           f"({type(err).__name__}: {err})") from None
+                           f"({type(err).__name__}: {first})") from None
 
 
 def _check_size(path: Any, manifest: dict[str, Any], model: Optional[nn.Module], builder: Optional[Builder],
@@ -297,7 +323,7 @@ def _check_size(path: Any, manifest: dict[str, Any], model: Optional[nn.Module],
     instead (``None``: it is then built for real, not straight from the bits)."""
     try:
         meta = _build(path, manifest, model, builder, meta="all")
-    except (BuilderError, PackedFormatError):
+    except (BuilderError, PackedFormatError, UnsafeInputError):
         raise
     except Exception as err:
         declared = sum(t["nbytes"] for t in manifest["tensors"])
@@ -434,6 +460,8 @@ def load_packed(path: PathLike, model: Optional[nn.Module] = None, *, engine: st
         PackedFormatError: the file is not a packed model, has another format version, is
             truncated, corrupt or hand-made, or does not match the rebuilt network. Nothing is
             returned half-loaded.
+        UnsafeInputError: the file's spec names a path, a URL or an architecture that reads,
+            downloads or runs anything, or its build tried to (:mod:`bsr_plugin.safety`).
         BuilderError: the builder the file names is not installed.
     """
     if engine not in ENGINES:

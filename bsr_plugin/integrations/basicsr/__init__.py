@@ -15,7 +15,7 @@ pipelines.
 
 from __future__ import annotations
 
-from .compat import import_basicsr
+from .shims import import_basicsr
 
 
 def register() -> None:
@@ -38,9 +38,9 @@ def register() -> None:
 def register_builder() -> None:
     """Register the ``basicsr`` network builder (the entry point ``bsr_plugin.builders``)."""
     from ...deploy.builders import register_builder as register
-    from .network import build_from_spec, network_from_options
+    from .network import build_from_spec, check_packed_spec, network_from_options
 
-    register("basicsr", build_from_spec, from_options=network_from_options,
+    register("basicsr", build_from_spec, from_options=network_from_options, check_spec=check_packed_spec,
              description="a BasicSR network_g spec (any registered architecture)")
 
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ...conversion import DEFAULT_RULES, BinarizeConfig, convert
 from ...core.replace import replace_modules
 from ...errors import ConfigError
-from .compat import import_basicsr
+from .shims import import_basicsr
 
 BLOCKS = ("residual", "bbcu")
 

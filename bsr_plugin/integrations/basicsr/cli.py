@@ -9,6 +9,11 @@ in the YAML (what BasicSR-based projects do in their own ``train.py``). The curr
 ``experiments/<name>`` (training) and ``results/<name>`` (testing) are written under it.
 Multi-process: ``torchrun --nproc_per_node=N -m bsr_plugin.integrations.basicsr.cli train -opt X.yml
 --launcher pytorch`` (NCCL on GPUs, gloo on CPU).
+
+The whole run (preflight and pipeline) is inside :func:`bsr_plugin.safety.weights_only_loads`:
+every ``torch.load`` BasicSR or a plugin makes loads weights only, whatever the environment
+says; the preflight builds the options' networks and losses under
+:func:`bsr_plugin.safety.building_from_data` (no download, no FIFO, nothing run).
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from ...errors import BsrError, CLIError
+from ...fileio import terminate_as_exit
+from ...safety import weights_only_loads
 
 USAGE = """usage: basicsr {train,test} -opt OPTIONS.yml [--plugin MODULE ...] [BasicSR flags]
 
@@ -32,22 +40,46 @@ Runs in the current directory (experiments/ and results/ are written there)."""
 
 
 def _pop_plugins(args: list[str]) -> list[str]:
-    """Remove ``--plugin MODULE`` pairs from ``args``; return the modules."""
+    """Remove ``--plugin MODULE`` (and ``--plugin=MODULE``) from ``args``; return the modules,
+    each a dotted module name (a file path, a relative or empty name is refused)."""
     plugins = []
-    while "--plugin" in args:
-        i = args.index("--plugin")
-        if i + 1 >= len(args):
-            raise CLIError("--plugin needs a module name")
-        plugins.append(args[i + 1])
-        del args[i:i + 2]
+    i = 0
+    while i < len(args):
+        if args[i].startswith("--plugin="):
+            plugins.append(args.pop(i).partition("=")[2])
+        elif args[i] == "--plugin":
+            if i + 1 >= len(args) or args[i + 1].startswith("-"):
+                raise CLIError("--plugin needs a module name (e.g. --plugin my_project.archs)")
+            plugins.append(args[i + 1])
+            del args[i:i + 2]
+        else:
+            i += 1
+    for module in plugins:
+        if not module or module.endswith(".py") or not all(part.isidentifier() for part in module.split(".")):
+            hint = f"; for a file, put its folder on PYTHONPATH and give --plugin {Path(module).stem}" \
+                if module.endswith(".py") else ""
+            raise CLIError(f"--plugin {module!r} is not a module name: give a dotted name such as "
+                           f"my_project.archs{hint}")
     return plugins
+
+
+def _import_plugins(modules: Sequence[str]) -> None:
+    """Import the ``--plugin`` modules; a module that cannot be imported is one line."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise CLIError(f"--plugin: cannot import it: {err}") from None
+        except Exception as err:  # the plugin's own code failed while importing (a SyntaxError, ...)
+            raise CLIError(f"--plugin {module}: importing it failed ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
 
 
 def parse_options(argv: Sequence[str], is_train: bool) -> dict[str, Any]:
     """The options of ``-opt X.yml [flags]`` exactly as the pipeline will see them (the plugin's
-    safe equivalent of BasicSR's parser, :func:`~bsr_plugin.integrations.basicsr.compat.parse_options`:
+    safe equivalent of BasicSR's parser, :func:`~bsr_plugin.integrations.basicsr.options_io.parse_options`:
     force_yml, scale, paths, num_gpu auto), without starting a distributed process group."""
-    from .compat import parse_options as parse
+    from .options_io import parse_options as parse
 
     opt, _ = parse(os.getcwd(), is_train, list(argv), launch=False)
     return opt
@@ -79,14 +111,17 @@ def preflight(argv: Sequence[str], is_train: bool) -> None:
     with _quiet_basicsr_logger():
         opt = parse_options(argv, is_train)
         world_size, dist = opt.pop("world_size", 1), opt.pop("dist", False)
-        for key in ("rank", "auto_resume", "is_train"):
+        auto_resume = bool(opt.pop("auto_resume", False))
+        for key in ("rank", "is_train"):
             opt.pop(key, None)
-        check_options(opt, is_train=is_train, world_size=world_size, dist=dist)
+        check_options(opt, is_train=is_train, world_size=world_size, dist=dist, auto_resume=auto_resume,
+                      source=_options_file(argv))
 
 
 def _options_file(args: Sequence[str]) -> str:
-    i = list(args).index("-opt")
-    return args[i + 1] if i + 1 < len(args) else "?"
+    args = list(args)
+    i = args.index("-opt") if "-opt" in args else len(args)
+    return args[i + 1] if i + 1 < len(args) else "the options"
 
 
 def _run_pipeline(command: str, rest: list[str]) -> None:
@@ -123,24 +158,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in ("train", "test"):
-        print(f"basicsr: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        print(f"basicsr: error: unknown command {command!r}: use basicsr train|test -opt OPTIONS.yml (see basicsr "
+              "--help)", file=sys.stderr)
         return 2
     if "-opt" not in rest:
-        print(f"basicsr {command}: -opt OPTIONS.yml is required\n{USAGE}", file=sys.stderr)
+        print(f"basicsr {command}: error: -opt OPTIONS.yml is required (see basicsr --help)", file=sys.stderr)
         return 2
+    with weights_only_loads(), terminate_as_exit():
+        return _checked_run(command, rest)
 
+
+def _checked_run(command: str, rest: list[str]) -> int:
+    """Plugins, preflight, then the pipeline; each user error in one line (exit status 2)."""
     from . import register
-    from .compat import patch_runtime
+    from .runtime import patch_runtime
+    from .safe_models import use_safe_models
 
     register()
     patch_runtime()
     try:
-        for module in _pop_plugins(rest):
-            importlib.import_module(module)
-        preflight(rest, command == "train")
-    except ImportError as err:
-        print(f"basicsr {command}: error: --plugin: cannot import it: {err}", file=sys.stderr)
+        _import_plugins(_pop_plugins(rest))
+    except BsrError as err:
+        print(f"basicsr {command}: error: {err}", file=sys.stderr)
         return 2
+    use_safe_models()  # the models the plugins registered too
+    try:
+        preflight(rest, command == "train")
     except BsrError as err:
         print(f"basicsr {command}: error in {_options_file(rest)}: {err}", file=sys.stderr)
         return 2

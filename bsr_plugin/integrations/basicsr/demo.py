@@ -21,6 +21,9 @@ from typing import Any, Iterator, Optional, Sequence
 
 import yaml
 
+from ...errors import CLIError
+from ...fileio import write_bytes_atomic
+
 TRAIN_IMAGES = ("astronaut.png", "rocket.jpg", "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png",
                 "retina.jpg", "brick.png", "grass.png", "gravel.png", "camera.png", "moon.png", "phantom.png")
 VAL_IMAGES = ("chelsea.png", "coffee.png")
@@ -41,21 +44,31 @@ class DemoResult:
     picture: Path
 
 
+def _write_png(path: Path, img: Any) -> None:
+    """An image written atomically (encoded in memory, temporary file, fsync, rename)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise CLIError(f"cannot encode {path} as PNG")
+    write_bytes_atomic(path, buf.tobytes())
+
+
 def write_sample_images(folder: Path, names: Sequence[str]) -> None:
     """Copy scikit-image's bundled sample photos into ``folder`` as 3-channel PNGs."""
     import cv2
 
     try:
         import skimage.data
-    except ImportError as err:
-        raise ImportError("the demo needs scikit-image (pip install 'bsr_plugin[basicsr]')") from err
+    except ImportError:
+        raise CLIError("the demo needs scikit-image: pip install 'bsr_plugin[basicsr]'") from None
     src = Path(skimage.data.__file__).parent
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
         img = cv2.imread(str(src / name), cv2.IMREAD_COLOR)
         if img is None:
-            raise FileNotFoundError(f"scikit-image sample {name} is missing from {src}")
-        cv2.imwrite(str(folder / (Path(name).stem + ".png")), img)
+            raise CLIError(f"scikit-image's sample {name} is missing from {src}: reinstall scikit-image")
+        _write_png(folder / (Path(name).stem + ".png"), img)
 
 
 def demo_options(data: Path, scale: int, iters: int, name: str) -> dict:
@@ -106,9 +119,9 @@ def _val_dataset(opt: dict) -> Any:
 def deploy(opt: dict, checkpoint: Path, workdir: Path) -> tuple[Any, int]:
     """The trained network as a packed file, loaded back on the packed engine (where built)."""
     from ...deploy.packed import export_packed, load_packed
-    from .network import build_from_spec, load_weights
+    from .network import build_options_network, load_weights
 
-    net = build_from_spec(opt["network_g"])
+    net = build_options_network(opt["network_g"], "the demo's options")
     load_weights(net, str(checkpoint), "params")
     info = export_packed(net.eval(), workdir / "demo.bsrpack")
     return load_packed(workdir / "demo.bsrpack"), info.file_bytes
@@ -147,7 +160,7 @@ def side_by_side(net: Any, dataset: Any, scale: int, path: Path) -> Path:
     picture = np.concatenate([np.concatenate(panels, 1), np.concatenate(crops, 1)], 0)
     for k, label in enumerate(("bicubic", "binarized (packed engine)", "original")):
         cv2.putText(picture, label, (k * w + 8, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2)
-    cv2.imwrite(str(path), picture)
+    _write_png(path, picture)
     return path
 
 
@@ -181,28 +194,41 @@ def run(workdir: Path, iters: int, scale: int) -> DemoResult:
     name = f"demo_EDSRBin_x{scale}"
     opt = demo_options(data, scale, iters, name)
     opt_path = workdir / f"{name}.yml"
-    opt_path.write_text(yaml.safe_dump(opt, sort_keys=False))
+    write_bytes_atomic(opt_path, yaml.safe_dump(opt, sort_keys=False).encode("utf-8"))
     start = time.time()
     level = logging.getLogger("bsr_plugin").level
     with _cwd(workdir):
         rc = basicsr_main(["train", "-opt", str(opt_path)])
     logging.getLogger("bsr_plugin").setLevel(level)  # the basicsr command logs the plugin at INFO
     if rc != 0:
-        raise RuntimeError(f"demo training failed (exit code {rc})")
+        raise CLIError(f"the demo's training stopped (exit status {rc}; its error is above)")
     seconds = time.time() - start
     result = evaluate(opt, workdir / "experiments" / name / "models" / "net_g_latest.pth", workdir)
     result.iters, result.seconds = iters, seconds
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="bsr demo", description=__doc__.split("\n\n")[0])
+MAX_ITERS = 10**6
+
+
+def _arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """The demo's command line, each mistake one line (exit status 2)."""
+    from ...deploy.cli import OneLineParser, within
+
+    parser = OneLineParser(prog="bsr demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("bsr_demo"), help="where data and experiments go")
     parser.add_argument("--iters", type=int, default=600, help="training iterations (default 600)")
     parser.add_argument("--scale", type=int, default=2, choices=(2, 3, 4))
     args = parser.parse_args(argv)
-    if args.iters < 1:
-        parser.error("--iters must be >= 1")
+    within("--iters", args.iters, 1, MAX_ITERS)
+    if args.workdir.exists() and not args.workdir.is_dir():
+        raise CLIError(f"--workdir {args.workdir} is a file, not a folder: choose a folder for the demo's data and "
+                       "experiments")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _arguments(argv)
     res = run(args.workdir, args.iters, args.scale)
     out = sys.stdout
     out.write(f"\nbinarized EDSR (32 features, 4 blocks, x{args.scale}), {res.iters} iterations in "

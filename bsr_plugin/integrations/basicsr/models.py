@@ -46,8 +46,9 @@ from ...core import (
 )
 from ...core.prior import edge_fraction
 from ...errors import OptionsError
-from .compat import _load_network, import_basicsr
 from .distill import Distiller, check_distill_options
+from .safe_models import SafeModelMixin
+from .shims import import_basicsr
 
 import_basicsr()
 from basicsr.archs import build_network  # noqa: E402
@@ -109,11 +110,10 @@ def annealed_a(a0: float, progress: float, start: float, factor: float) -> float
     return a0 * factor ** ((min(progress, 1.0) - start) / (1.0 - start))
 
 
-class BinarySRModel(SRModel):
+class BinarySRModel(SafeModelMixin, SRModel):
     """SRModel for binarized networks (prior projection, curriculum, staged binarization,
-    distillation). Checkpoints (``pretrain_network_g``, the teacher) load with weights only."""
-
-    load_network = _load_network
+    distillation). Checkpoints (``pretrain_network_g``, the teacher) load with weights only;
+    checkpoints and training states are written atomically (:class:`.safe_models.SafeModelMixin`)."""
 
     def __init__(self, opt: dict[str, Any]) -> None:
         super().__init__(opt)

@@ -4,13 +4,17 @@ every value has its type and range, the network's upscale is the options' scale,
 folders exist and every image pairs up with the scale (:mod:`.dataset_check`), the checkpoints
 named load safely and fit the network, the binarize schedule and the distillation teacher are
 usable, and BasicSR's epoch arithmetic reaches ``total_iter``. One :class:`OptionsError` lists
-every problem found, each with its fix; a problem in one section does not stop the others."""
+every problem found, each with its fix; a problem in one section does not stop the others.
+The numbers (ranges, the optimizer, scheduler and losses built once) are checked in
+:mod:`.options_limits`, the files the options name in :mod:`.options_paths`; networks and
+losses are built under :func:`bsr_plugin.safety.building_from_data`."""
 
 from __future__ import annotations
 
 import difflib
 import math
 import os
+import pickle
 import re
 from typing import Any, Iterable, Mapping, Optional
 
@@ -18,8 +22,12 @@ import torch
 from torch import nn
 
 from ...conversion import BinarizeConfig
-from ...errors import CheckpointError, ConfigError, OptionsError
-from .compat import checkpoint_state, import_basicsr
+from ...errors import CheckpointError, ConfigError, OptionsError, UnsafeInputError
+from ...safety import building_from_data, unpickling_reason
+from .options_limits import MAX_ITER, loss_problems, non_finite_problems, optimizer_problems, range_problems
+from .options_paths import check_archived, check_checkpoints
+from .safe_load import checkpoint_state
+from .shims import import_basicsr
 
 TOP_KEYS = {"name", "model_type", "scale", "num_gpu", "manual_seed", "datasets", "network_g", "network_d", "path",
             "train", "val", "logger", "dist_params", "find_unused_parameters"}
@@ -35,6 +43,8 @@ BINARY_TRAIN_KEYS = {"prior_opt", "project_prior", "binarize_schedule", "calibra
 VAL_KEYS = {"val_freq", "save_img", "suffix", "pbar", "metrics"}
 LOGGER_KEYS = {"print_freq", "save_checkpoint_freq", "use_tb_logger", "wandb"}
 SCHEDULERS = ("MultiStepLR", "MultiStepRestartLR", "CosineAnnealingRestartLR")
+MAX_SCALE, MAX_SEED, MAX_GT_SIZE = 16, 2**32 - 2, 8192
+LOADER_RANGES = {"batch_size_per_gpu": (1, 4096), "dataset_enlarge_ratio": (1, 10**4), "num_worker_per_gpu": (0, 64)}
 
 
 def _unknown(where: str, keys: Iterable[str], known: set[str], problems: list[str]) -> None:
@@ -80,8 +90,8 @@ def _check_named_scale(where: str, text: str, scale: int, problems: list[str]) -
         problems.append(f"{where}: {text!r} names scale x{min(named)} but scale is {scale}")
 
 
-def _is_int(value: Any, low: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+def _is_int(value: Any, low: int = 0, high: Optional[int] = None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
 
 
 def _section(opt: Mapping[str, Any], key: str, problems: list[str]) -> Mapping[str, Any]:
@@ -113,10 +123,11 @@ def _check_top(opt: Mapping[str, Any], is_train: bool, problems: list[str]) -> N
         problems.append(f"num_gpu: {num_gpu!r} must be auto or a number of GPUs")
     elif _is_int(num_gpu, 1) and not torch.cuda.is_available():
         problems.append(f"num_gpu: {num_gpu!r} but this machine has no CUDA device; use num_gpu: auto (or 0)")
-    if "scale" in opt and not _is_int(opt["scale"], 1):
-        problems.append(f"scale: {opt['scale']!r} must be a whole upscaling factor (2, 3, 4, ...)")
-    if opt.get("manual_seed") is not None and not _is_int(opt["manual_seed"]):
-        problems.append(f"manual_seed: {opt['manual_seed']!r} must be a whole number >= 0")
+    if "scale" in opt and not _is_int(opt["scale"], 1, MAX_SCALE):
+        problems.append(f"scale: {opt['scale']!r} must be a whole upscaling factor (2, 3, 4, ..., at most {MAX_SCALE})")
+    if opt.get("manual_seed") is not None and not _is_int(opt["manual_seed"], 0, MAX_SEED):
+        problems.append(f"manual_seed: {opt['manual_seed']!r} must be a whole number in [0, {MAX_SEED}] (numpy's "
+                        "range)")
 
 
 def _check_roots(where: str, ds: Mapping[str, Any], check_data: bool, problems: list[str]) -> bool:
@@ -157,16 +168,18 @@ def _check_dataset(phase: str, ds: Mapping[str, Any], scale: Optional[int], chec
         _check_names(where, ds, scale, problems)
     train = phase == "train"
     gt_size = ds.get("gt_size")
-    if train and ds["type"] in ("PairedImageDataset", "BicubicPairDataset") and not _is_int(gt_size, 1):
-        problems.append(f"{where}.gt_size: {gt_size!r}; training crops need a positive gt_size (a multiple of scale)")
-    elif scale and _is_int(gt_size, 1) and gt_size % scale:
+    if train and ds["type"] in ("PairedImageDataset", "BicubicPairDataset") and not _is_int(gt_size, 1, MAX_GT_SIZE):
+        problems.append(f"{where}.gt_size: {gt_size!r}; training crops need a positive gt_size (a multiple of scale, "
+                        f"at most {MAX_GT_SIZE})")
+    elif scale and _is_int(gt_size, 1, MAX_GT_SIZE) and gt_size % scale:
         problems.append(f"{where}.gt_size: {gt_size} is not a multiple of scale {scale}")
     if train:
         for key, default in (("batch_size_per_gpu", None), ("dataset_enlarge_ratio", 1), ("num_worker_per_gpu", 0)):
-            if not _is_int(ds.get(key, default), 0 if key == "num_worker_per_gpu" else 1):
-                problems.append(f"{where}.{key}: {ds.get(key, default)!r} must be a whole number "
-                                f"{'>= 0' if key == 'num_worker_per_gpu' else '>= 1'}")
-    if not (check_data and roots_exist and scale):
+            low, high = LOADER_RANGES[key]
+            if not _is_int(ds.get(key, default), low, high):
+                problems.append(f"{where}.{key}: {ds.get(key, default)!r} must be a whole number >= {low} (at most "
+                                f"{high})")
+    if not (check_data and roots_exist and scale) or (gt_size is not None and not _is_int(gt_size, 1, MAX_GT_SIZE)):
         return None
     return _check_data(where, ds, scale, problems)
 
@@ -191,7 +204,7 @@ def _check_data(where: str, ds: Mapping[str, Any], scale: int, problems: list[st
 
 def _check_datasets(opt: Mapping[str, Any], check_data: bool, problems: list[str]) -> dict[str, Optional[int]]:
     """Every dataset; returns the samples counted per phase."""
-    scale = opt.get("scale") if _is_int(opt.get("scale"), 1) else None
+    scale = opt.get("scale") if _is_int(opt.get("scale"), 1, MAX_SCALE) else None
     counts: dict[str, Optional[int]] = {}
     for phase, ds in _section(opt, "datasets", problems).items():
         if str(phase).split("_")[0] not in ("train", "val", "test"):
@@ -203,7 +216,7 @@ def _check_datasets(opt: Mapping[str, Any], check_data: bool, problems: list[str
     return counts
 
 
-def _check_network(opt: Mapping[str, Any], problems: list[str]) -> Optional[nn.Module]:
+def _check_network(opt: Mapping[str, Any], problems: list[str], source: str) -> Optional[nn.Module]:
     """``network_g``: its type, binarize config, upscale = scale; returns it built (None if it cannot be)."""
     net = opt.get("network_g")
     found: list[str] = []
@@ -223,7 +236,8 @@ def _check_network(opt: Mapping[str, Any], problems: list[str]) -> Optional[nn.M
             found.append(f"network_g: {err.args[0] if err.args else err}")
     scale = opt.get("scale")
     for where, spec in (("network_g", net), ("network_g.arch", net.get("arch"))):
-        if isinstance(spec, Mapping) and "upscale" in spec and _is_int(scale, 1) and spec["upscale"] != scale:
+        if isinstance(spec, Mapping) and "upscale" in spec and _is_int(scale, 1, MAX_SCALE) \
+                and spec["upscale"] != scale:
             found.append(f"{where}.upscale is {spec['upscale']!r} but scale is {scale}: the network would output "
                          f"x{spec['upscale']} images for x{scale} data; set both to the same factor")
     problems += found
@@ -234,9 +248,17 @@ def _check_network(opt: Mapping[str, Any], problems: list[str]) -> Optional[nn.M
     from ...core.registry import is_binary
 
     try:
-        built = build_network(dict(net))
-    except (ConfigError, KeyError, TypeError, ValueError, RuntimeError) as err:
-        problems.append(f"network_g: cannot build it: {err.args[0] if err.args else err}")
+        with building_from_data(source, strict=False):
+            built = build_network(dict(net))
+    except UnsafeInputError as err:
+        problems.append(f"network_g: {err}")
+        return None
+    except pickle.UnpicklingError as err:
+        problems.append(f"network_g: building it loads a file that is not plain weights ({unpickling_reason(err)}); "
+                        "bsr_plugin never unpickles code")
+        return None
+    except (ConfigError, KeyError, TypeError, ValueError, RuntimeError, AssertionError) as err:
+        problems.append(f"network_g: cannot build it: {str(err).strip().splitlines()[0] if str(err).strip() else err}")
         return None
     if opt.get("model_type") == "BinarySRModel" and not any(is_binary(m) for m in built.modules()):
         problems.append(f"network_g: BinarySRModel needs a binarized network, but {net['type']!r} has no binarized "
@@ -247,57 +269,45 @@ def _check_network(opt: Mapping[str, Any], problems: list[str]) -> Optional[nn.M
 
 def _check_path(opt: Mapping[str, Any], is_train: bool, net: Optional[nn.Module], check_files: bool,
                 problems: list[str]) -> None:
-    """``path``: no unknown key; ``pretrain_network_g`` (required by ``basicsr test``) loads
-    safely and fits ``network_g``; ``resume_state`` exists."""
+    """``path``: no unknown key, and the checkpoints it names (:mod:`.options_paths`)."""
     path = _section(opt, "path", problems)
     _unknown("path", path.keys(), PATH_KEYS, problems)
-    resume = path.get("resume_state")
-    if check_files and is_train and resume is not None and not (isinstance(resume, str) and os.path.isfile(resume)):
-        problems.append(f"path.resume_state: {resume!r} does not exist; point it at a training_states/<iter>.state "
-                        "file, or use --auto_resume")
-    ckpt = path.get("pretrain_network_g")
-    if ckpt is not None and not check_files:
-        return
-    if ckpt is None:
-        if not is_train and "path" in opt:
-            problems.append("path.pretrain_network_g is missing: basicsr test would test an untrained network_g; "
-                            "point it at the trained weights (experiments/<name>/models/net_g_latest.pth)")
-        return
-    if not isinstance(ckpt, str) or not os.path.isfile(ckpt):
-        problems.append(f"path.pretrain_network_g: {ckpt!r} does not exist (relative to {os.getcwd()!r}); point it at "
-                        "a net_g_*.pth file" + ("" if is_train else ", or train first"))
-        return
-    try:
-        state = checkpoint_state(ckpt, path.get("param_key_g", "params"))
-    except CheckpointError as err:
-        problems.append(f"path.pretrain_network_g: {err}")
-        return
-    if net is not None:
-        try:
-            net.load_state_dict(state, strict=bool(path.get("strict_load_g", True)))
-        except RuntimeError as err:
-            problems.append(f"path.pretrain_network_g: {ckpt} does not fit network_g ({str(err).splitlines()[0]} "
-                            f"...); give the checkpoint of this network, or set network_g as it was trained")
+    check_checkpoints(path, is_train, net, check_files, "path" in opt, problems)
 
 
 def check_options(opt: Mapping[str, Any], is_train: bool, check_data: bool = True, *, world_size: int = 1,
-                  dist: bool = False) -> None:
+                  dist: bool = False, auto_resume: bool = False, source: str = "the options") -> None:
     """Raise :class:`OptionsError` listing every problem of a parsed BasicSR options dict.
 
     ``check_data``: also look at the dataset folders, images and checkpoint files (off for
-    shipped examples whose data and weights are not there); ``world_size`` / ``dist``: how the training will be launched
-    (for BasicSR's epoch arithmetic)."""
+    shipped examples whose data and weights are not there); ``world_size`` / ``dist``: how the
+    training will be launched (for BasicSR's epoch arithmetic); ``auto_resume``: the run
+    resumes if it finds a training state (so it archives nothing); ``source``: the options file,
+    named when building a network or loss is refused (:mod:`bsr_plugin.safety`)."""
     problems: list[str] = []
     _check_top(opt, is_train, problems)
     counts = _check_datasets(opt, check_data, problems)
-    net = _check_network(opt, problems)
+    net = _check_network(opt, problems, source)
     _check_path(opt, is_train, net, check_data, problems)
+    check_archived(opt, is_train, auto_resume, problems)
+    problems += range_problems(opt, is_train)
     if is_train and "train" in opt:
-        _check_train(opt, problems, counts.get("train"), world_size, dist, check_data)
+        _check_train(opt, problems, counts.get("train"), world_size, dist, check_data, source)
+    _check_val_logger(opt, is_train, problems)
+    problems += non_finite_problems(opt, problems)
+    if problems:
+        raise OptionsError(_message(problems))
+
+
+def _check_val_logger(opt: Mapping[str, Any], is_train: bool, problems: list[str]) -> None:
+    """``val`` (metrics, crop borders, the suffix test needs) and ``logger``."""
     val = _section(opt, "val", problems)
     _unknown("val", val.keys(), VAL_KEYS, problems)
     for name, metric in (val.get("metrics") or {}).items():
-        _check_type(f"val.metrics.{name}", metric, "METRIC", problems)
+        if _check_type(f"val.metrics.{name}", metric, "METRIC", problems) and "crop_border" in metric \
+                and not _is_int(metric["crop_border"], 0, 1024):
+            problems.append(f"val.metrics.{name}.crop_border: {metric['crop_border']!r} must be a whole number of "
+                            "pixels in [0, 1024] (the scale, as a rule)")
     if not is_train and val.get("save_img") and "suffix" not in val:
         problems.append("val.suffix is missing: BasicSR's test pipeline needs it with save_img: true (use ~)")
     logger = _section(opt, "logger", problems)
@@ -307,12 +317,10 @@ def check_options(opt: Mapping[str, Any], is_train: bool, check_data: bool = Tru
             import wandb  # noqa: F401
         except ImportError:
             problems.append("logger.wandb.project is set but wandb is not installed; set it to ~")
-    if problems:
-        raise OptionsError(_message(problems))
 
 
 def _check_train(opt: Mapping[str, Any], problems: list[str], n_train: Optional[int], world_size: int,
-                 dist: bool, check_files: bool) -> None:
+                 dist: bool, check_files: bool, source: str) -> None:
     train = _section(opt, "train", problems)
     binary = opt.get("model_type") == "BinarySRModel"
     if opt.get("model_type") in ("SRModel", "BinarySRModel"):
@@ -327,9 +335,10 @@ def _check_train(opt: Mapping[str, Any], problems: list[str], n_train: Optional[
     sched = sched.get("type") if isinstance(sched, Mapping) else sched
     if sched not in SCHEDULERS:
         problems.append(f"train.scheduler.type: {sched!r} is not one of {SCHEDULERS}")
+    problems += optimizer_problems(train, problems) + loss_problems(train, source)
     total = train.get("total_iter")
-    if not _is_int(total, 1):
-        problems.append(f"train.total_iter: {total!r}; give the number of iterations to train (>= 1)")
+    if not _is_int(total, 1, MAX_ITER):
+        problems.append(f"train.total_iter: {total!r}; give the number of iterations to train (1 to {MAX_ITER:,})")
     datasets = opt.get("datasets") if isinstance(opt.get("datasets"), Mapping) else {}
     if "train" not in datasets and isinstance(opt.get("datasets"), Mapping):
         problems.append("datasets.train is missing")
@@ -339,8 +348,8 @@ def _check_train(opt: Mapping[str, Any], problems: list[str], n_train: Optional[
         problems += schedule_problems(train.get("binarize_schedule"), total)
         problems += anneal_problems(train.get("prior_anneal"))
         if train.get("distill"):
-            _check_distill(opt, train["distill"], check_files, problems)
-    if n_train and _is_int(total, 1) and isinstance(datasets.get("train"), Mapping):
+            _check_distill(opt, train["distill"], check_files, problems, source)
+    if n_train and _is_int(total, 1, MAX_ITER) and isinstance(datasets.get("train"), Mapping):
         _check_iterations(opt, datasets["train"], n_train, world_size, dist, problems)
 
 
@@ -358,7 +367,8 @@ def _check_iterations(opt: Mapping[str, Any], ds: Mapping[str, Any], samples: in
                       problems: list[str]) -> None:
     """``train.total_iter`` must be reached with BasicSR's epoch arithmetic on this dataset."""
     bs, ratio, total = ds.get("batch_size_per_gpu"), ds.get("dataset_enlarge_ratio", 1), opt["train"]["total_iter"]
-    if not (_is_int(bs, 1) and _is_int(ratio, 1)):
+    if not (_is_int(bs, 1, LOADER_RANGES["batch_size_per_gpu"][1]) and
+            _is_int(ratio, 1, LOADER_RANGES["dataset_enlarge_ratio"][1])):
         return
     num_gpu = opt.get("num_gpu") if _is_int(opt.get("num_gpu")) else 0
     batch = bs if dist else bs * max(num_gpu, 1)
@@ -374,7 +384,7 @@ def _check_iterations(opt: Mapping[str, Any], ds: Mapping[str, Any], samples: in
                     + (f" (or total_iter to {reached})" if reached else ""))
 
 
-def _check_distill(opt: Mapping[str, Any], distill: Any, check_files: bool, problems: list[str]) -> None:
+def _check_distill(opt: Mapping[str, Any], distill: Any, check_files: bool, problems: list[str], source: str) -> None:
     """The teacher: its options, its checkpoint, and an output of the student's shape."""
     from .distill import check_distill_options, matched_features
 
@@ -395,13 +405,22 @@ def _check_distill(opt: Mapping[str, Any], distill: Any, check_files: bool, prob
     from basicsr.archs import build_network
 
     try:
-        teacher, student = build_network(dict(distill["network"])), build_network(dict(opt["network_g"]))
+        with building_from_data(source, strict=False):
+            teacher, student = build_network(dict(distill["network"])), build_network(dict(opt["network_g"]))
         channels = next(m.in_channels for m in student.modules() if isinstance(m, torch.nn.Conv2d))
         probe = torch.rand(1, channels, 16, 16)
         with torch.no_grad():
             shapes = tuple(teacher.eval()(probe).shape), tuple(student.eval()(probe).shape)
-    except (ConfigError, KeyError, TypeError, ValueError, RuntimeError, StopIteration) as err:
-        problems.append(f"train.distill.network: cannot build and run it next to network_g: {err}")
+    except UnsafeInputError as err:
+        problems.append(f"train.distill.network: {err}")
+        return
+    except pickle.UnpicklingError as err:
+        problems.append(f"train.distill.network: building it loads a file that is not plain weights "
+                        f"({unpickling_reason(err)}); bsr_plugin never unpickles code")
+        return
+    except (ConfigError, KeyError, TypeError, ValueError, RuntimeError, StopIteration, AssertionError) as err:
+        problems.append(f"train.distill.network: cannot build and run it next to network_g: "
+                        f"{str(err).strip().splitlines()[0] if str(err).strip() else err}")
         return
     if shapes[0] != shapes[1]:
         problems.append(f"train.distill.network: the teacher's output {shapes[0]} differs from network_g's "
