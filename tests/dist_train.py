@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_distributed.py: ``basicsr train`` with a model that, at each
+"""Run under torchrun by tests/integrations/test_distributed.py: ``basicsr train`` with a model that, at each
 save, also writes every rank's weights, so the test can check that the ranks agree."""
 
 from __future__ import annotations

@@ -21,25 +21,25 @@ BLOCKS = [b for doc in DOCS for b in re.findall(r"```(\w+)\n(.*?)```", doc.read_
 # Each command prefix in the README -> the tests that run it (or the shrunk options derived
 # from the same shipped YAML). A new README command without a test fails here.
 COVERED = {
-    "make demo": ["test_demo.py::test_make_demo_beats_bicubic"],
+    "make demo": ["integrations/test_demo.py::test_make_demo_beats_bicubic"],
     "make test-fast": ["(the fast lane: a subset of make test)"],
     "make test": ["(CI: .ci/run runs it)"],
-    "basicsr train -opt options/edsr_bin.yml": ["test_basicsr_e2e.py::test_train_resume_test"],
-    "basicsr test  -opt options/test/edsr_bin.yml": ["test_basicsr_e2e.py::test_train_resume_test"],
-    "torchrun --nproc_per_node": ["test_distributed.py::test_two_process_gloo_training"],
+    "basicsr train -opt options/edsr_bin.yml": ["integrations/test_basicsr_e2e.py::test_train_resume_test"],
+    "basicsr test  -opt options/test/edsr_bin.yml": ["integrations/test_basicsr_e2e.py::test_train_resume_test"],
+    "torchrun --nproc_per_node": ["integrations/test_distributed.py::test_two_process_gloo_training"],
     "mkdir -p datasets": ["test_readme.py::test_dataset_links_resolve"],
     "bsr summary": ["test_readme.py::test_bsr_summary_commands"],
-    "bsr export": ["test_cli_deploy.py::test_export_run_check"],
+    "bsr export": ["deploy/test_cli_deploy.py::test_export_run_check"],
     "bsr run     edsr_bin_x4.bsrpack datasets/Set5/LR_bicubic/X4 -o": [
-        "test_engine_deploy.py::test_bsr_run_on_a_folder"],
-    "bsr run": ["test_cli_deploy.py::test_export_run_check",
-                "test_engine_deploy.py::test_bsr_run_uses_the_engine_and_tiles"],
-    "bsr bench": ["test_engine_deploy.py::test_bsr_bench_reports_three_networks"],
-    "bsr engine": ["test_engine_deploy.py::test_bsr_engine_says_what_runs"],
-    "basicsr train -opt options/edsr.yml": ["test_from_float_e2e.py::test_binarize_a_trained_float_edsr"],
+        "deploy/test_engine_deploy.py::test_bsr_run_on_a_folder"],
+    "bsr run": ["deploy/test_cli_deploy.py::test_export_run_check",
+                "deploy/test_engine_deploy.py::test_bsr_run_uses_the_engine_and_tiles"],
+    "bsr bench": ["deploy/test_engine_deploy.py::test_bsr_bench_reports_three_networks"],
+    "bsr engine": ["deploy/test_engine_deploy.py::test_bsr_engine_says_what_runs"],
+    "basicsr train -opt options/edsr.yml": ["integrations/test_from_float_e2e.py::test_binarize_a_trained_float_edsr"],
     "basicsr train -opt options/edsr_bin_from_float.yml": [
-        "test_from_float_e2e.py::test_binarize_a_trained_float_edsr"],
-    "bsr check": ["test_cli_deploy.py::test_export_run_check"],
+        "integrations/test_from_float_e2e.py::test_binarize_a_trained_float_edsr"],
+    "bsr check": ["deploy/test_cli_deploy.py::test_export_run_check"],
 }
 
 
@@ -59,7 +59,7 @@ def test_every_command_is_covered():
             if ref.startswith("("):
                 continue
             module, func = ref.split("::")
-            mod = importlib.import_module(f"tests.{module[:-3]}")
+            mod = importlib.import_module("tests." + module[:-3].replace("/", "."))
             assert hasattr(mod, func), f"{ref} (for {cmd!r}) does not exist"
 
 

@@ -12,7 +12,7 @@ import pytest
 from bsr_plugin.integrations.basicsr.cli import parse_options
 from bsr_plugin.integrations.basicsr.options_check import check_options
 
-from .conftest import REPO
+from ..conftest import REPO
 
 TRAIN = sorted((REPO / "options").glob("*.yml"))
 TEST = sorted((REPO / "options" / "test").glob("*.yml"))

@@ -20,8 +20,8 @@ from bsr_plugin.integrations.basicsr.runtime import patch_runtime
 from bsr_plugin.integrations.basicsr.safe_load import checkpoint_state, safe_torch_load
 from bsr_plugin.safety import weights_only_loads
 
-from .basicsr_runs import small_test_options, small_train_options, write
-from .reliability import BASICSR, UNSAFE_ENV, assert_refused, code_running_checkpoint, run, snapshot
+from ..basicsr_runs import small_test_options, small_train_options, write
+from ..reliability import BASICSR, UNSAFE_ENV, assert_refused, code_running_checkpoint, run, snapshot
 
 TAG = '!!python/object/apply:os.system ["touch {marker}"]'
 

@@ -425,7 +425,7 @@ def _v1_sequential() -> nn.Module:
 
 
 def test_format_version_1_files_still_load():
-    data = Path(__file__).parent / "data"
+    data = Path(__file__).parents[1] / "data"
     expected = torch.load(data / "v1_outputs.pt", weights_only=True)
     x = expected["input"]
     for name, model in (("edsr_tiny_x2_v1", None), ("seq_v1", _v1_sequential())):

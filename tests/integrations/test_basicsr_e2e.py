@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from .basicsr_runs import read_logs, run_basicsr, small_test_options, small_train_options, write
+from ..basicsr_runs import read_logs, run_basicsr, small_test_options, small_train_options, write
 
 pytestmark = pytest.mark.slow
 

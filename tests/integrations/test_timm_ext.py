@@ -12,7 +12,7 @@ timm = pytest.importorskip("timm")
 from bsr_plugin import BinarizeConfig, check_binary, convert, is_binary  # noqa: E402
 from bsr_plugin.integrations.timm import create_binarized_model, probe_input, register_binarized_model  # noqa: E402
 
-from .nets import assert_converted_network_works  # noqa: E402
+from ..nets import assert_converted_network_works  # noqa: E402
 
 # family: (model name, first conv, classifier, ReLUs that must have been replaced)
 FAMILIES = {

@@ -23,7 +23,7 @@ from bsr_plugin.deploy.engine import kernels
 from bsr_plugin.deploy.engine.bands import BandedUpsample
 from bsr_plugin.deploy.engine.modules import PackedBinaryConv2d, is_packed, to_engine
 
-from .nets import needs_basicsr
+from ..nets import needs_basicsr
 
 BSR = str(Path(sys.executable).parent / "bsr")
 
@@ -159,7 +159,7 @@ def test_without_the_extension_the_float_simulation_runs_and_says_so(edsr_pack, 
 def test_conv_then_pixel_shuffle_is_fused(edsr_pack):
     """The binarized upsampler convs write pixel-shuffled output: the PixelShuffle modules become
     Identity and the unshuffled tensor is never made; the last one runs banded with the last conv
-    (tests/test_bands.py); the output does not change."""
+    (tests/deploy/test_bands.py); the output does not change."""
     net = load_packed(edsr_pack, engine="packed")
     sim = load_packed(edsr_pack, engine="float")
     assert net.upsample[0].pixel_shuffle == net.upsample[2].first.pixel_shuffle == 2

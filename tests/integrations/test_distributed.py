@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .basicsr_runs import read_logs, run_basicsr, small_test_options, small_train_options, write
+from ..basicsr_runs import read_logs, run_basicsr, small_test_options, small_train_options, write
 
 pytestmark = pytest.mark.slow
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
@@ -19,7 +19,7 @@ def test_two_process_gloo_training(datasets_dir, tmp_path):
     opt = small_train_options("edsr_bin.yml", datasets_dir, iters=4, name="dist_gloo")
     opt["model_type"] = "RankDumpSRModel"
     yml = write(opt, tmp_path / "train.yml")
-    script = Path(__file__).with_name("dist_train.py")
+    script = Path(__file__).parents[1] / "dist_train.py"
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", str(script), "train", "-opt", str(yml),
            "--launcher", "pytorch"]
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from .basicsr_runs import REPO, read_logs, run_basicsr, small_train_options, write
+from ..basicsr_runs import REPO, read_logs, run_basicsr, small_train_options, write
 
 pytestmark = pytest.mark.slow
 

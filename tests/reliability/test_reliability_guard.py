@@ -22,8 +22,8 @@ from bsr_plugin.deploy.cli import main as bsr_main
 from bsr_plugin.integrations.basicsr.archs import EDSRBin
 from bsr_plugin.integrations.basicsr.cli import main as basicsr_main
 
-from .basicsr_runs import small_test_options, small_train_options, write
-from .reliability import (
+from ..basicsr_runs import small_test_options, small_train_options, write
+from ..reliability import (
     BASICSR,
     BSR,
     UNSAFE_ENV,

@@ -11,7 +11,7 @@ from torch import nn
 import bsr_plugin
 from bsr_plugin import BinaryConv2d, BinaryLinear, binary_layers, check_binary, export_packed, load_packed
 
-from .nets import needs_basicsr
+from ..nets import needs_basicsr
 
 INGREDIENTS = [
     {"rsign": True},

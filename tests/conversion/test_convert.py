@@ -11,7 +11,7 @@ from torch import nn
 import bsr_plugin
 from bsr_plugin import BinaryConv2d, ConfigError, check_binary, convert, is_binary
 
-from .nets import BASICSR_ARCHS, assert_converted_network_works, assert_initialised_from, basicsr_arch, needs_basicsr
+from ..nets import BASICSR_ARCHS, assert_converted_network_works, assert_initialised_from, basicsr_arch, needs_basicsr
 
 
 @pytest.mark.parametrize("arch", BASICSR_ARCHS)

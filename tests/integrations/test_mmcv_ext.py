@@ -17,7 +17,7 @@ from bsr_plugin import BinaryConv2d, BinaryLinear, check_binary, is_binary  # no
 from bsr_plugin.core.bits import pack_signs  # noqa: E402
 from bsr_plugin.integrations import mmcv as mmcv_ext  # noqa: E402
 
-from .nets import assert_converted_network_works  # noqa: E402
+from ..nets import assert_converted_network_works  # noqa: E402
 
 ConvModule = mmcv_cnn.ConvModule
 build_conv_layer = mmcv_cnn.build_conv_layer

@@ -10,7 +10,7 @@ import bsr_plugin.integrations.basicsr  # noqa: F401  (registers)
 from bsr_plugin import is_binary
 from bsr_plugin.integrations.basicsr import register
 
-from .nets import assert_initialised_from
+from ..nets import assert_initialised_from
 
 
 def _opt(tmp_path, **train):
