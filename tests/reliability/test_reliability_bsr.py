@@ -25,7 +25,7 @@ from bsr_plugin import PackedFormatError, binary_layers, calibrate_scales_, expo
 from bsr_plugin.deploy.cli import main
 from bsr_plugin.integrations.basicsr.archs import EDSRBin
 
-from ..reliability import (
+from .helpers import (
     BSR,
     FULL_DISK,
     UNSAFE_ENV,

@@ -23,7 +23,7 @@ from bsr_plugin.integrations.basicsr.archs import EDSRBin
 from bsr_plugin.integrations.basicsr.cli import main as basicsr_main
 
 from ..basicsr_runs import small_test_options, small_train_options, write
-from ..reliability import (
+from .helpers import (
     BASICSR,
     BSR,
     UNSAFE_ENV,

@@ -20,7 +20,7 @@ import yaml
 from bsr_plugin.integrations.basicsr.cli import main as basicsr_main
 
 from ..basicsr_runs import small_test_options, small_train_options, write
-from ..reliability import assert_refused, snapshot, write_png
+from .helpers import assert_refused, snapshot, write_png
 
 Edit = Callable[[dict[str, Any], Path], None]
 

@@ -18,7 +18,7 @@ from bsr_plugin.integrations.basicsr import resume
 from bsr_plugin.integrations.basicsr.runtime import patch_runtime
 
 from ..basicsr_runs import load_yaml, read_logs, run_basicsr, small_train_options, write
-from ..reliability import FULL_DISK, UNSAFE_ENV, InterruptedWrite, assert_refused, code_running_checkpoint, snapshot
+from .helpers import FULL_DISK, UNSAFE_ENV, InterruptedWrite, assert_refused, code_running_checkpoint, snapshot
 
 
 @pytest.fixture(scope="module")

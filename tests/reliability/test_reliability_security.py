@@ -21,7 +21,7 @@ from bsr_plugin.integrations.basicsr.safe_load import checkpoint_state, safe_tor
 from bsr_plugin.safety import weights_only_loads
 
 from ..basicsr_runs import small_test_options, small_train_options, write
-from ..reliability import BASICSR, UNSAFE_ENV, assert_refused, code_running_checkpoint, run, snapshot
+from .helpers import BASICSR, UNSAFE_ENV, assert_refused, code_running_checkpoint, run, snapshot
 
 TAG = '!!python/object/apply:os.system ["touch {marker}"]'
 

@@ -1,4 +1,4 @@
-"""Helpers of the reliability suite (``tests/reliability/test_reliability_*.py``): what every bad-input or
+"""Helpers of the reliability suite (``tests/reliability/``): what every bad-input or
 fault case asserts (exit status 2, one line naming the problem, nothing written or lost), files
 whose loading would run code, and the real commands run in a subprocess."""
 
