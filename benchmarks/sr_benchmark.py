@@ -116,6 +116,7 @@ INGREDIENTS: dict[str, tuple[dict[str, Any], str]] = {
     "l1": ({"loss": "l1"}, "curriculum off (plain L1)"),
     "anneal": ({"anneal": ANNEAL}, "prior widened x10 over the last third"),
     "sgrad": ({"act_grad": "approxsign_scaled"}, "scale-aware activation gradient"),
+    "lrdecay": ({"latent_lr": {"start": 0.5}}, "latent weights' lr to 0 over the second half"),
     "distill": ({"distill": True}, "distillation from the FP run (same budget, seed)"),
     "ckpt": ({"init": "fp"}, "started from the FP checkpoint (same budget, seed)"),
 }
@@ -251,6 +252,8 @@ def train_options(name: str, seed: int, preset: Preset, datasets: Path, train_fo
         "total_iter": iters, "warmup_iter": -1, "pixel_opt": pixel}
     if v.get("anneal"):
         train["prior_anneal"] = dict(v["anneal"])
+    if v.get("latent_lr"):
+        train["latent_lr"] = dict(v["latent_lr"])
     path: dict[str, Any] = {"pretrain_network_g": None, "strict_load_g": True, "resume_state": None}
     dep = depends_on(name)
     if dep:

@@ -414,7 +414,7 @@ def _fill_engine(path: Any, manifest: dict[str, Any], tensors: dict[str, Tensor]
         if id(layer) in done:  # a layer shared under several names: packed once
             continue
         done.add(id(layer))
-        problem = engine_support(layer)
+        problem = engine_support(layer, from_state=True)
         if problem is not None:
             logger.warning("engine: %s keeps its float simulation: %s", e["name"], problem)
             kept.append((e, layer))

@@ -172,3 +172,21 @@ def test_branch_ratio_logged_for_layers_with_a_shortcut(tmp_path, caplog):
         _step(model, 1)
     assert model.log_dict["branch_ratio"] == pytest.approx(0.1, rel=0.05)  # aligned on this very batch
     assert "branch/stream ratio (stream mean |x|) per layer: body.0.conv1=0.1" in caplog.text
+
+
+def test_latent_lr_decays_only_the_latent_weights(tmp_path):
+    from bsr_plugin.integrations.basicsr.models import latent_lr_factor
+
+    model = _model(_opt(tmp_path, total_iter=10, latent_lr={"start": 0.5}))
+    groups = model.optimizer_g.param_groups
+    latent = [g for g in groups if g.get("bsr_latent")]
+    weights = {id(m.weight) for m in model.net_g.modules() if is_binary(m)}
+    assert len(latent) == 1 and {id(p) for p in latent[0]["params"]} == weights
+    _step(model, 5)
+    assert latent[0]["lr"] == pytest.approx(groups[0]["lr"])  # until half way: the common schedule
+    _step(model, 8)
+    assert latent[0]["lr"] == pytest.approx(groups[0]["lr"] * latent_lr_factor(0.8, 0.5))
+    assert latent_lr_factor(1.0, 0.5) == pytest.approx(0.0) and latent_lr_factor(0.75, 0.5) == pytest.approx(0.5)
+    assert not any(g.get("bsr_latent") for g in _model(_opt(tmp_path)).optimizer_g.param_groups)  # off: one group
+    with pytest.raises(ValueError, match="latent_lr.start = 1.5"):
+        _model(_opt(tmp_path, latent_lr={"start": 1.5}))

@@ -95,7 +95,7 @@ class PackedBinaryConv2d(_PackedLayer):
 
     def __init__(self, layer: BinaryConv2d, state: Optional[LayerState] = None) -> None:
         super().__init__()
-        _check_layer(layer, BinaryConv2d, type(self).__name__)
+        _check_layer(layer, BinaryConv2d, type(self).__name__, from_state=state is not None)
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
         self.kernel_size, self.stride, self.dilation = layer.kernel_size, layer.stride, layer.dilation
         left, right, top, bottom = layer._reversed_padding_repeated_twice
@@ -136,7 +136,7 @@ class PackedBinaryLinear(_PackedLayer):
 
     def __init__(self, layer: BinaryLinear, state: Optional[LayerState] = None) -> None:
         super().__init__()
-        _check_layer(layer, BinaryLinear, type(self).__name__)
+        _check_layer(layer, BinaryLinear, type(self).__name__, from_state=state is not None)
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self._take(layer, state)
 
@@ -162,7 +162,7 @@ def _packed_type(layer: nn.Module) -> Optional[type[_PackedLayer]]:
     return form_of(layer, "packed")  # type: ignore[return-value]
 
 
-def engine_support(layer: nn.Module, native: bool = False) -> Optional[str]:
+def engine_support(layer: nn.Module, native: bool = False, from_state: bool = False) -> Optional[str]:
     """Why ``layer`` cannot run on the packed engine, or None when it can: asked before any
     call (``to_engine`` keeps a layer with a reason on its float simulation and warns with it;
     the packed modules' constructors raise it as an :class:`~bsr_plugin.EngineError`).
@@ -179,7 +179,8 @@ def engine_support(layer: nn.Module, native: bool = False) -> Optional[str]:
     if not layer.fully_binary:
         return "its binarization is switched off (binarize_act and binarize_weight must both be on)"
     weight = layer.weight
-    if not weight.is_floating_point() or weight.device.type not in ("cpu", "meta"):
+    devices = ("cpu", "meta") if from_state else ("cpu",)  # from a file's state: the layer gives its geometry only
+    if not weight.is_floating_point() or weight.device.type not in devices:
         return f"its weight is {weight.dtype} on {weight.device}; the packed engine packs floating point CPU weights"
     if isinstance(layer, BinaryConv2d):
         problem = kernels.conv_support(layer.in_channels, layer.out_channels, layer.kernel_size, layer.groups)
@@ -191,10 +192,10 @@ def engine_support(layer: nn.Module, native: bool = False) -> Optional[str]:
     return problem
 
 
-def _check_layer(layer: nn.Module, expected: type, name: str) -> None:
+def _check_layer(layer: nn.Module, expected: type, name: str, from_state: bool = False) -> None:
     if not isinstance(layer, expected):
         raise EngineError(f"{name}: layer must be a {expected.__name__}, got {type(layer).__name__}")
-    problem = engine_support(layer)
+    problem = engine_support(layer, from_state=from_state)
     if problem is not None:
         raise EngineError(f"{name}: the packed engine cannot run this layer: {problem}")
 

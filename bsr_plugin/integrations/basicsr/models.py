@@ -13,6 +13,9 @@ Options under ``train:`` besides SRModel's:
 * ``prior_anneal: {start: 0.667, factor: 10}``: from progress ``start`` (iteration /
   total_iter) on, every layer's prior half-width ``a`` widens geometrically to ``factor`` times
   its value at the end (fewer sign flips late in training; absent: ``a`` stays fixed).
+* ``latent_lr: {start: 0.5}``: the binarized layers' latent weights get their own optimizer
+  group whose learning rate follows the others' until progress ``start``, then decays to 0 on a
+  half cosine at the end of training (their signs settle; absent: one schedule for all).
 * ``pixel_opt`` of type ``CurriculumL1Loss`` gets its progress (iteration / total_iter).
 * ``distill``: distillation from a frozen full-precision teacher (see
   :mod:`bsr_plugin.integrations.basicsr.distill`): ``l_distill_out`` (output L1) and ``l_distill_feat``
@@ -29,6 +32,7 @@ Learned weight scales get no weight decay.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
@@ -58,6 +62,7 @@ from basicsr.utils import get_root_logger  # noqa: E402
 
 SCHEDULE_KEYS = ("act_from_iter", "weight_from_iter")
 ANNEAL_KEYS = ("start", "factor")
+LATENT_LR_KEYS = ("start",)
 
 
 def schedule_problems(schedule: Any, total_iter: Any) -> list[str]:
@@ -102,6 +107,28 @@ def anneal_problems(anneal: Any) -> list[str]:
     return problems
 
 
+def latent_lr_problems(latent_lr: Any) -> list[str]:
+    """Problems with ``train.latent_lr``: a mapping ``{start: progress in [0, 1)}``."""
+    if latent_lr is None:
+        return []
+    if not isinstance(latent_lr, Mapping):
+        return [f"train.latent_lr must be a mapping {{start: 0.5}}, got {str(latent_lr)[:80]!r}"]
+    problems = [f"train.latent_lr: unknown keys {sorted(str(k) for k in latent_lr if k not in LATENT_LR_KEYS)}; "
+                f"known: {', '.join(LATENT_LR_KEYS)}"] if any(k not in LATENT_LR_KEYS for k in latent_lr) else []
+    start = latent_lr.get("start", 0.5)
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 <= start < 1:
+        problems.append(f"train.latent_lr.start = {start!r}: give the progress (iteration / total_iter) in [0, 1) "
+                        "from which the latent weights' learning rate decays to 0")
+    return problems
+
+
+def latent_lr_factor(progress: float, start: float) -> float:
+    """1 until ``start``, then a half cosine to 0 at progress 1."""
+    if progress <= start:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * (min(progress, 1.0) - start) / (1.0 - start)))
+
+
 def annealed_a(a0: float, progress: float, start: float, factor: float) -> float:
     """The prior half-width at ``progress``: ``a0`` until ``start``, then geometric to
     ``factor * a0`` at progress 1."""
@@ -134,10 +161,11 @@ class BinarySRModel(SafeModelMixin, SRModel):
         self.act_from = int(schedule.get("act_from_iter", 0))
         self.weight_from = int(schedule.get("weight_from_iter", 0))
         self.total_iter = int(train_opt["total_iter"])
-        problems = anneal_problems(train_opt.get("prior_anneal"))
+        problems = anneal_problems(train_opt.get("prior_anneal")) + latent_lr_problems(train_opt.get("latent_lr"))
         if problems:
             raise OptionsError("; ".join(problems))
         self.anneal = dict(train_opt.get("prior_anneal") or {}) or None
+        self.latent_lr = dict(train_opt["latent_lr"]) if train_opt.get("latent_lr") is not None else None
         self.prior_a0 = {name: layer.prior_a for name, layer in binary_layers(self.get_bare_model(self.net_g))}
         self.cri_prior = build_loss(train_opt["prior_opt"]).to(self.device) if train_opt.get("prior_opt") else None
         self.distiller = self._build_distiller(train_opt.get("distill"))
@@ -159,22 +187,27 @@ class BinarySRModel(SafeModelMixin, SRModel):
         return distiller
 
     def setup_optimizers(self) -> None:
-        """Adam (BasicSR's only optimizer) with the learned scales in a group without weight decay."""
+        """Adam (BasicSR's only optimizer) with the learned scales in a group without weight decay
+        and, with ``latent_lr``, the latent weights in a group of their own."""
         train_opt = self.opt["train"]
         net = self.get_bare_model(self.net_g)
         scales = {id(p) for p in scale_parameters(net)}
+        own_group = train_opt.get("latent_lr") is not None
+        latents = {id(layer.weight) for _, layer in binary_layers(net)} if own_group else set()
         logger = get_root_logger()
-        groups: list[list[nn.Parameter]] = [[], []]
+        groups: list[list[nn.Parameter]] = [[], [], []]
         for name, p in net.named_parameters():
             if not p.requires_grad:
                 logger.warning(f"Params {name} will not be optimized.")
                 continue
-            groups[id(p) in scales].append(p)
+            groups[1 if id(p) in scales else 2 if id(p) in latents else 0].append(p)
         optim_opt = dict(train_opt["optim_g"])
         optim_type = optim_opt.pop("type")
         param_groups = [{"params": groups[0]}]
         if groups[1]:
             param_groups.append({"params": groups[1], "weight_decay": 0.0})
+        if groups[2]:
+            param_groups.append({"params": groups[2], "bsr_latent": True})
         self.optimizer_g = self.get_optimizer(optim_type, param_groups, **optim_opt)
         self.optimizers.append(self.optimizer_g)
 
@@ -244,6 +277,11 @@ class BinarySRModel(SafeModelMixin, SRModel):
                 loss_dict[key] = value
                 l_total = l_total + value
         l_total.backward()
+        if self.latent_lr is not None:
+            factor = latent_lr_factor(current_iter / self.total_iter, self.latent_lr.get("start", 0.5))
+            for group in self.optimizer_g.param_groups:
+                if group.get("bsr_latent"):
+                    group["lr"] = self.optimizer_g.param_groups[0]["lr"] * factor
         self.optimizer_g.step()
         if self.project_prior:
             project_to_prior_(self.get_bare_model(self.net_g))

@@ -39,7 +39,8 @@ PATH_KEYS = {"pretrain_network_g", "param_key_g", "strict_load_g", "resume_state
              "param_key_d", "strict_load_d", "ignore_resume_networks", "experiments_root", "models",
              "training_states", "log", "visualization", "results_root"}
 SR_TRAIN_KEYS = {"ema_decay", "optim_g", "scheduler", "total_iter", "warmup_iter", "pixel_opt", "perceptual_opt"}
-BINARY_TRAIN_KEYS = {"prior_opt", "project_prior", "binarize_schedule", "calibrate_scales", "distill", "prior_anneal"}
+BINARY_TRAIN_KEYS = {"prior_opt", "project_prior", "binarize_schedule", "calibrate_scales", "distill", "prior_anneal",
+                     "latent_lr"}
 VAL_KEYS = {"val_freq", "save_img", "suffix", "pbar", "metrics"}
 LOGGER_KEYS = {"print_freq", "save_checkpoint_freq", "use_tb_logger", "wandb"}
 SCHEDULERS = ("MultiStepLR", "MultiStepRestartLR", "CosineAnnealingRestartLR")
@@ -343,10 +344,10 @@ def _check_train(opt: Mapping[str, Any], problems: list[str], n_train: Optional[
     if "train" not in datasets and isinstance(opt.get("datasets"), Mapping):
         problems.append("datasets.train is missing")
     if binary:
-        from .models import anneal_problems, schedule_problems
+        from .models import anneal_problems, latent_lr_problems, schedule_problems
 
         problems += schedule_problems(train.get("binarize_schedule"), total)
-        problems += anneal_problems(train.get("prior_anneal"))
+        problems += anneal_problems(train.get("prior_anneal")) + latent_lr_problems(train.get("latent_lr"))
         if train.get("distill"):
             _check_distill(opt, train["distill"], check_files, problems, source)
     if n_train and _is_int(total, 1, MAX_ITER) and isinstance(datasets.get("train"), Mapping):
