@@ -47,7 +47,7 @@ VARIANTS = {"body": {}, "upsampler": {"rules": UPSAMPLER_RULES}}
 
 
 @torch.no_grad()
-def _as_if_trained(net: nn.Module) -> nn.Module:
+def as_if_trained(net: nn.Module) -> nn.Module:
     from bsr_plugin import binary_layers
 
     g = torch.Generator().manual_seed(1)
@@ -67,7 +67,7 @@ def make_packed_files(folder: Path) -> dict[str, Path]:
     for name, binarize in VARIANTS.items():
         torch.manual_seed(0)
         files[name] = folder / f"edsr_baseline_x4_{name}.bsrpack"
-        export_packed(_as_if_trained(EDSRBin(**EDSR_BASELINE, binarize=binarize)), files[name])
+        export_packed(as_if_trained(EDSRBin(**EDSR_BASELINE, binarize=binarize)), files[name])
     return files
 
 
