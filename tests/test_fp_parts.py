@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,6 +51,7 @@ from bsr_plugin.errors import ConfigError
 from .nets import needs_basicsr
 
 CL = torch.channels_last
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _needs(precision: str) -> None:
@@ -161,6 +167,49 @@ def test_int8_conv_matches_the_same_arithmetic_in_fp32():
 # ---------------------------------------------------------------------------------------
 # networks
 # ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("flags", "cap", "levels"), [
+    ({"avx2": True, "avx512_vnni": True}, None, 127), ({"avx2": True, "amx_int8": True}, None, 127),
+    ({"avx2": True, "avx_vnni": True}, None, 127), ({"avx2": True}, None, 63),
+    ({"avx2": True, "avx512_vnni": True, "avx_vnni": True}, "AVX2", 63),
+    ({"avx2": True, "avx512_vnni": True}, "AVX512_CORE", 63),
+    ({"avx2": True, "avx512_vnni": True}, "AVX512_CORE_VNNI", 127),
+    ({"avx2": True, "avx_vnni": True}, "AVX2_VNNI", 127)])
+def test_weights_take_7_bits_where_int8_kernels_lack_vnni(monkeypatch, flags, cap, levels):
+    monkeypatch.setattr(lowp, "_cpu_flags", lambda: flags)
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    assert lowp.int8_weight_levels() == levels
+    q, _ = quantize_weight(torch.randn(4, 3, 3, 3), levels)
+    assert int(q.abs().max()) == levels
+
+
+@pytest.mark.slow
+def test_int8_conv_exact_on_a_cpu_without_vnni():
+    """Under ONEDNN_MAX_CPU_ISA=AVX2 (the benchmark's AVX2 machine) 8-bit weights would saturate
+    oneDNN's 16-bit pair sums (11 % error measured); with 7 bits the conv is exact again."""
+    _needs("int8")
+    code = textwrap.dedent("""
+        import torch, torch.nn.functional as F
+        from bsr_plugin.deploy.engine.lowp import *
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(64, 64, 3, padding=1).eval().requires_grad_(False)
+        conv.weight.mul_(5)
+        x = (torch.rand(1, 64, 12, 10) * 4).contiguous(memory_format=torch.channels_last)
+        xp = activation_qparams(float(x.min()), float(x.max()))
+        q, ws = quantize_weight(conv.weight, int8_weight_levels())
+        ref = F.conv2d((quantize_activation(x, *xp).float() - xp[1]) * xp[0], q.float() * ws.view(-1, 1, 1, 1),
+                       conv.bias, padding=1)
+        print(int8_weight_levels(), float((Int8Conv2d(conv, xp)(x) - ref).abs().max() / ref.abs().max()))
+    """)
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    levels, error = out.stdout.split()
+    assert levels == "63" and float(error) <= 1e-5, out.stderr[-2000:]
+
 
 def test_tail_network_chains_low_precision_between_convs():
     _needs("int8")
