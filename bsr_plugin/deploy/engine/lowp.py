@@ -48,6 +48,13 @@ FALLBACK = "fp32"
 MIN_IN_CHANNELS = 16
 """Convs with fewer input channels stay fp32 (an SR network's first conv on the RGB image:
 3 -> 64 at 320x180 took 3.5 ms in fp32 against 7-9 ms in bf16 or int8, one thread)."""
+MIN_INT8_WORK = 64 * 9
+"""In int8, a conv whose input arrives in fp32 (not from a chained int8 conv) runs in int8 only
+with at least this many multiply-adds per input value (``out_channels * kh * kw / groups``);
+below it, quantizing the input costs more than the conv saves and it runs in bf16 (fp32 where
+bf16 cannot run). Measured, one thread: a 64 -> 3 conv on an fp32 64 x 130 x 1280 input took
+162 ms in int8 against 102 ms in fp32 and 52 ms in bf16; a 64 -> 64 one at 320x180 35 ms in
+int8 against 43 ms in bf16 and 83 ms in fp32."""
 
 # oneDNN's CPU ISA names, lowest first (ONEDNN_MAX_CPU_ISA caps the kernels to one of them).
 _ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
@@ -334,6 +341,23 @@ def chain_consumers(graph: DataflowGraph, names: Iterable[str]) -> dict[str, str
             if users is not None and len(users) == 1 and users <= wanted}
 
 
+def _int8_work(conv: nn.Conv2d) -> int:
+    return conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1] // conv.groups
+
+
+def int8_plan(graph: DataflowGraph, convs: dict[str, nn.Conv2d]) -> tuple[set[str], dict[str, str]]:
+    """Which of ``convs`` run in int8 (fed by a chained int8 conv, or at least
+    :data:`MIN_INT8_WORK` multiply-adds per input value) and the chains among them."""
+    int8 = set(convs)
+    while True:  # dropping a conv can unfeed its consumer: repeat until nothing changes
+        chains = chain_consumers(graph, int8)
+        fed = set(chains.values())
+        keep = {n for n in int8 if n in fed or _int8_work(convs[n]) >= MIN_INT8_WORK}
+        if keep == int8:
+            return int8, chains
+        int8 = keep
+
+
 def _execution_order(graph: DataflowGraph, names: Iterable[str]) -> list[str]:
     """``names`` in the order they first ran in the probe pass (those that never ran last)."""
     ran = [n for n in graph.executed_modules() if n in set(names)]
@@ -429,7 +453,9 @@ def lower_fp_parts(model: nn.Module, precision: str, calibration: Optional[dict[
                    min_in_channels: int = MIN_IN_CHANNELS, chain: bool = True) -> nn.Module:
     """Run the full-precision convs of ``model`` (in place, for inference) in ``precision``
     (module docstring): ``fp32`` leaves it as it is; ``bf16``; ``int8`` with ``calibration``
-    from :func:`calibrate_fp_parts`. ``chain=False``: every lowered conv gives fp32.
+    from :func:`calibrate_fp_parts` (a conv that int8 would not speed up, see
+    :data:`MIN_INT8_WORK`, runs in bf16, or fp32 where bf16 cannot run). ``chain=False``: every
+    lowered conv gives fp32.
 
     Returns ``model`` (``model.bsr_fp_parts`` says the precision).
 
@@ -444,19 +470,24 @@ def lower_fp_parts(model: nn.Module, precision: str, calibration: Optional[dict[
         model.bsr_fp_parts = precision
         return model
     graph = _probe(model)
-    chains = chain_consumers(graph, convs) if chain else {}
-    qparams = _qparams_for(convs, _execution_order(graph, convs), calibration) if precision == "int8" else {}
+    if precision == "int8":
+        qparams = _qparams_for(convs, _execution_order(graph, convs), calibration)
+        int8, chains = int8_plan(graph, convs) if chain else (set(convs), {})
+    else:
+        int8, chains = set(), chain_consumers(graph, convs) if chain else {}
+    others = None if precision == "int8" and fp_parts_support("bf16") is not None else Bf16Conv2d
 
     def decide(name: str, module: nn.Module) -> Optional[nn.Module]:
         if convs.get(name) is not module:
             return None
-        if precision == "bf16":
-            return Bf16Conv2d(module, chained=name in chains)
-        after = chains.get(name)
-        return Int8Conv2d(module, qparams[name], qparams[after] if after else None)
+        if name in int8:
+            after = chains.get(name)
+            return Int8Conv2d(module, qparams[name], qparams[after] if after else None)
+        return None if others is None else others(module, chained=name in chains)
 
     model = replace_modules(model, decide)
     model.bsr_fp_parts = precision
-    logger.info("fp parts: %d convs in %s (%d hand over %s), %s", len(convs), precision, len(chains), precision,
-                ", ".join(convs))
+    logger.info("fp parts in %s: %s", precision, "; ".join(
+        f"{n} {'int8' if n in int8 else 'fp32' if others is None else 'bf16'}{' (hands over)' if n in chains else ''}"
+        for n in convs))
     return model
