@@ -36,6 +36,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -175,13 +176,27 @@ def networks(files: dict[str, Path], names: Optional[list[str]] = None) -> dict[
     return {name: network(name, files) for name in (names or NAMES) if refusal(name) is None}
 
 
+def _process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def end_to_end(nets: dict[str, Any], x: torch.Tensor, repeats: int) -> dict[str, dict[str, float]]:
+    """Wall time (median, min) and the process's CPU time (median: every thread's, the runtimes'
+    own pools included; at 1 thread, the work done, whatever else the machine runs) per network."""
     inputs = {name: input_for(name, x) for name in nets}
-    calls = {name: (None, lambda net=net, xi=inputs[name]: net(xi)) for name, net in nets.items()}
+    cpu: dict[str, list[float]] = {name: [] for name in nets}
+
+    def call(name: str) -> Any:
+        start = _process_cpu()
+        nets[name](inputs[name])
+        cpu[name].append(_process_cpu() - start)
+
+    calls = {name: (None, lambda name=name: call(name)) for name in nets}
     with torch.no_grad():
         times = time_round_robin(calls, repeats, warmup=1)
-    return {name: {"min_ms": 1e3 * min(t["wall"]), "median_ms": 1e3 * statistics.median(t["wall"])}
-            for name, t in times.items()}
+    return {name: {"min_ms": 1e3 * min(t["wall"]), "median_ms": 1e3 * statistics.median(t["wall"]),
+                   "cpu_median_ms": 1e3 * statistics.median(cpu[name][-repeats:])} for name, t in times.items()}
 
 
 def per_layer(nets: dict[str, nn.Module], x: torch.Tensor) -> dict[str, dict[str, dict[str, float]]]:
@@ -364,7 +379,8 @@ def _header(r: dict[str, Any]) -> list[str]:
             "upsampler convs binarized too. `engine`: loaded from the packed file onto the XNOR-popcount "
             "engine; `simulation`: the same file as float convs on +-1 values; `float`: the float EDSR. "
             "`@channels_last`: network and input in channels_last memory format (oneDNN's float convs and the "
-            "engine are both faster so). `engine/fused`: residual blocks fused (activation into the first "
+            "engine are both faster so). `cpu`: the process's CPU time per run (all its threads; at 1 thread "
+            "the work done even on a busy machine). `engine/fused`: residual blocks fused (activation into the first "
             "binary conv's output pass, the residual add in place, no multiply by 1); `engine/bf16`, "
             "`engine/int8`: the same with the full-precision convs (16+ input channels) in bf16 / int8 "
             "through oneDNN (bsr_plugin.deploy.engine.lowp); `float/bf16`, `float/int8`: the float EDSR's "
@@ -402,10 +418,17 @@ def _speed_table(r: dict[str, Any], isa: str, e: dict[str, Any]) -> list[str]:
         if name in e["refused"]:
             lines.append(f"| {name} | refused: {e['refused'][name]} |" + " |" * (3 * len(times)))
             continue
-        cells = [f"{t[name]['median_ms']:.0f} ({t[name]['min_ms']:.0f}) | {_speedup(t, 'float', name):.2f}x | "
-                 f"{_speedup(t, 'float' + CL, name):.2f}x" for t in times.values() if name in t]
+        cells = [f"{t[name]['median_ms']:.0f} ({t[name]['min_ms']:.0f}; cpu {t[name].get('cpu_median_ms', 0):.0f}) | "
+                 f"{_speedup(t, 'float', name):.2f}x | {_speedup(t, 'float' + CL, name):.2f}x" for t in times.values()
+                 if name in t]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_psnr_cell(r, name)} |")
     return lines
+
+
+def _ratios(t: dict[str, dict[str, float]], a: str, b: str) -> str:
+    """``a``'s time over ``b``'s: wall-clock medians, and CPU-time medians in brackets."""
+    cpu = _speedup(t, a, b, "cpu_median_ms") if t[b].get("cpu_median_ms") else float("nan")
+    return f"{_speedup(t, a, b):.2f}x [cpu {cpu:.2f}x]"
 
 
 def _checks(r: dict[str, Any]) -> list[str]:
@@ -418,8 +441,8 @@ def _checks(r: dict[str, Any]) -> list[str]:
             int8_rows = sorted((n for n in t if n.startswith("float/int8")), key=lambda n: t[n]["median_ms"])
             for name in ("body/engine/int8" + CL, "body/engine/bf16" + CL):
                 if name in t:
-                    vs_int8 = ", ".join(f"{_speedup(t, n, name):.2f}x {n}" for n in int8_rows) + " (1.3x)"
-                    lines.append(f"- {isa}, {threads} thread(s), `{name}`: {_speedup(t, 'float' + CL, name):.2f}x "
+                    vs_int8 = ", ".join(f"{_ratios(t, n, name)} {n}" for n in int8_rows) + " (1.3x)"
+                    lines.append(f"- {isa}, {threads} thread(s), `{name}`: {_ratios(t, 'float' + CL, name)} "
                                  f"float@channels_last (2.5x at 2 threads); {vs_int8}")
     mem = r.get("memory", {})
     for name in ("body/engine/int8" + CL, "body/engine/bf16" + CL):
