@@ -77,7 +77,8 @@ def _lowered(net: nn.Module, precision: str, images: list[Tensor]) -> nn.Module:
 
     net = copy.deepcopy(net)
     calibration = calibrate_fp_parts(net, images) if precision == "int8" else None
-    return lower_fp_parts(net, precision, calibration)
+    # every conv in int8, as the speed table's 64-feature rows run (their convs all have enough work)
+    return lower_fp_parts(net, precision, calibration, min_int8_work=0)
 
 
 def float_paths(net: nn.Module, images: list[Tensor], tools: list[str], folder: Path) -> dict[str, Callable]:

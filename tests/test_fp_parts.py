@@ -262,6 +262,9 @@ def test_engine_network_low_precision_parts_close_to_fp32(body_pack, precision, 
     # 16 -> 16 on an fp32 input: 144 multiply-adds per input value, too few for int8 (MIN_INT8_WORK)
     small = Bf16Conv2d if fp_parts_support("bf16") is None else nn.Conv2d
     assert type(lowered.conv_after_body) is (Bf16Conv2d if precision == "bf16" else small)
+    if precision == "int8":
+        every = lower_fp_parts(copy.deepcopy(net), "int8", calibration, min_int8_work=0)
+        assert type(every.conv_after_body) is Int8Conv2d
     assert type(lowered.conv_first) is nn.Conv2d
     assert len(packed_before) == sum(is_packed(m) for m in lowered.modules())
     for r, y in zip(ref, out):

@@ -345,14 +345,15 @@ def _int8_work(conv: nn.Conv2d) -> int:
     return conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1] // conv.groups
 
 
-def int8_plan(graph: DataflowGraph, convs: dict[str, nn.Conv2d]) -> tuple[set[str], dict[str, str]]:
-    """Which of ``convs`` run in int8 (fed by a chained int8 conv, or at least
-    :data:`MIN_INT8_WORK` multiply-adds per input value) and the chains among them."""
+def int8_plan(graph: DataflowGraph, convs: dict[str, nn.Conv2d],
+              min_work: int = MIN_INT8_WORK) -> tuple[set[str], dict[str, str]]:
+    """Which of ``convs`` run in int8 (fed by a chained int8 conv, or at least ``min_work``
+    multiply-adds per input value: :data:`MIN_INT8_WORK`) and the chains among them."""
     int8 = set(convs)
     while True:  # dropping a conv can unfeed its consumer: repeat until nothing changes
         chains = chain_consumers(graph, int8)
         fed = set(chains.values())
-        keep = {n for n in int8 if n in fed or _int8_work(convs[n]) >= MIN_INT8_WORK}
+        keep = {n for n in int8 if n in fed or _int8_work(convs[n]) >= min_work}
         if keep == int8:
             return int8, chains
         int8 = keep
@@ -450,12 +451,14 @@ def _qparams_for(convs: dict[str, nn.Conv2d], order: list[str],
 
 @torch.no_grad()
 def lower_fp_parts(model: nn.Module, precision: str, calibration: Optional[dict[str, dict]] = None, *,
-                   min_in_channels: int = MIN_IN_CHANNELS, chain: bool = True) -> nn.Module:
+                   min_in_channels: int = MIN_IN_CHANNELS, chain: bool = True,
+                   min_int8_work: int = MIN_INT8_WORK) -> nn.Module:
     """Run the full-precision convs of ``model`` (in place, for inference) in ``precision``
     (module docstring): ``fp32`` leaves it as it is; ``bf16``; ``int8`` with ``calibration``
-    from :func:`calibrate_fp_parts` (a conv that int8 would not speed up, see
-    :data:`MIN_INT8_WORK`, runs in bf16, or fp32 where bf16 cannot run). ``chain=False``: every
-    lowered conv gives fp32.
+    from :func:`calibrate_fp_parts` (a conv that int8 would not speed up, with fewer than
+    ``min_int8_work`` multiply-adds per fp32 input value, :data:`MIN_INT8_WORK`, runs in bf16, or
+    fp32 where bf16 cannot run; 0: every conv in int8). ``chain=False``: every lowered conv
+    gives fp32.
 
     Returns ``model`` (``model.bsr_fp_parts`` says the precision).
 
@@ -472,7 +475,7 @@ def lower_fp_parts(model: nn.Module, precision: str, calibration: Optional[dict[
     graph = _probe(model)
     if precision == "int8":
         qparams = _qparams_for(convs, _execution_order(graph, convs), calibration)
-        int8, chains = int8_plan(graph, convs) if chain else (set(convs), {})
+        int8, chains = int8_plan(graph, convs, min_int8_work) if chain else (set(convs), {})
     else:
         int8, chains = set(), chain_consumers(graph, convs) if chain else {}
     others = None if precision == "int8" and fp_parts_support("bf16") is not None else Bf16Conv2d
