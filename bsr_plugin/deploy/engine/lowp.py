@@ -9,7 +9,9 @@ precision; on the packed engine they take most of the time (benchmarks/results/e
 * ``int8``: weights int8 per output channel (symmetric), activations uint8 per tensor
   (asymmetric, calibrated by :func:`calibrate_fp_parts` on a few images, as plain numbers a
   packed file can store), ``torch.ops.onednn.qconv_pointwise`` (the oneDNN kernel PyTorch's x86
-  int8 path lowers to; AMX / AVX512-VNNI / AVX2), fp32 bias and output.
+  int8 path lowers to; AMX / AVX512-VNNI / AVX2), fp32 bias and output. Weights take 7 bits
+  where the kernels lack VNNI (:func:`int8_weight_levels`); a conv fed fp32 with too little work
+  to pay for quantizing its input runs in bf16 instead (:data:`MIN_INT8_WORK`).
 
 Each lowered conv takes and gives fp32 tensors, except where its output only feeds other lowered
 convs through value-preserving ops (the ``conv -> PixelShuffle -> conv`` chains of an
