@@ -372,6 +372,8 @@ def _speedup(t: dict[str, dict[str, float]], a: str, b: str, key: str = "median_
 
 def _header(r: dict[str, Any]) -> list[str]:
     h, w = r["input"][2:]
+    runs = ", ".join(f"`{role}` rows: {run}" for role, run in r.get("psnr_runs", {}).items() if role in
+                     ("float", *VARIANTS))
     return [f"# Packed engine, whole network: EDSR-baseline x4 at {w}x{h}", "",
             f"{r['cpu']}; {r['engine']}; torch {r['torch']}; commit {r['commit']}; load average at the end "
             f"{r['load_average']}. Median (min) of {r['repeats']} round-robin runs. `body`: the 32 residual-block "
@@ -386,8 +388,9 @@ def _header(r: dict[str, Any]) -> list[str]:
             "through oneDNN (bsr_plugin.deploy.engine.lowp); `float/bf16`, `float/int8`: the float EDSR's "
             "convs so; `float/int8:<tool>`: the float EDSR quantized by that tool (benchmarks/int8_float.py). "
             "Speed-ups from the medians. PSNR: Set5 / Set14 / B100 of the trained network of that path "
-            "(see the PSNR table), where measured. In the `avx2` runs onnxruntime's own kernels (MLAS) ignore "
-            "the oneDNN cap and use what the CPU has (VNNI, AMX): its row there is not an AVX2 machine's."]
+            f"(see the PSNR table; {runs or 'none'}), where measured. In the `avx2` runs onnxruntime's own "
+            "kernels (MLAS) ignore the oneDNN cap and use what the CPU has (VNNI, AMX): its row there is not an "
+            "AVX2 machine's."]
 
 
 def psnr_of(r: dict[str, Any], name: str) -> Optional[dict[str, dict[str, float]]]:
@@ -548,17 +551,20 @@ def _plot_speed_psnr(plt: Any, r: dict[str, Any], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 6))
     threads = str(max(r["threads"]))
     for (isa, e), marker in zip(r["end_to_end"].items(), "os^"):
+        label = f"{isa} ({'circles' if marker == 'o' else 'squares' if marker == 's' else 'triangles'})"
         for name, t in e["times"][threads].items():
             scores = psnr_of(r, name)
             if scores:
                 y = statistics.mean(v["psnr"] for v in scores.values())
                 color = "tab:blue" if name.startswith("float") else "tab:red"
-                ax.scatter(t["median_ms"], y, marker=marker, color=color, label=isa if name == "float" else None)
+                ax.scatter(t["median_ms"], y, marker=marker, color=color, label=label)
+                label = None
                 ax.annotate(name.removesuffix(CL), (t["median_ms"], y), fontsize=6, xytext=(3, 2),
                             textcoords="offset points")
     ax.set_xlabel(f"ms per 320x180 input, EDSR-baseline x4, {threads} threads (lower is better)")
     ax.set_ylabel("PSNR (dB), mean of Set5 / Set14 / B100, trained cpu-preset networks")
     ax.set_title("Speed against quality: float (blue) and binarized (red) paths")
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(plt, fig, out / "speed_vs_psnr.png")
