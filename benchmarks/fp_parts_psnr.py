@@ -62,12 +62,10 @@ def trained_runs(folder: Path) -> dict[str, tuple[dict[str, Any], Path]]:
 
 
 def _trained(opt: dict[str, Any], checkpoint: Path) -> nn.Module:
-    from basicsr.archs import build_network
+    from bsr_plugin.integrations.basicsr.network import build_options_network
+    from bsr_plugin.integrations.basicsr.safe_load import checkpoint_state
 
-    import bsr_plugin.integrations.basicsr  # noqa: F401  (registers the binarized architectures)
-    from bsr_plugin.integrations.basicsr.compat import checkpoint_state
-
-    net = build_network(copy.deepcopy(opt["network_g"]))
+    net = build_options_network(copy.deepcopy(opt["network_g"]), str(checkpoint))
     net.load_state_dict(checkpoint_state(checkpoint, "params"))
     return net.eval()
 

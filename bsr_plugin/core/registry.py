@@ -114,10 +114,13 @@ def layer_channels(layer: nn.Module) -> tuple[int, int]:
 
 def input_channels(model: nn.Module, default: int = 3) -> int:
     """The input channels of ``model``: those of its first registered float or binarized
-    layer (in definition order), else ``default``."""
+    layer, or other layer with an integer ``in_channels`` (a deployed form), in definition
+    order; else ``default``."""
     for mod in model.modules():
         if isinstance(mod, float_types() + binary_types()):
             return layer_channels(mod)[0]
+        if isinstance(getattr(mod, "in_channels", None), int):
+            return mod.in_channels
     return default
 
 

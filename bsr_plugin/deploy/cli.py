@@ -36,10 +36,11 @@ from torch import nn
 
 from ..analysis.check import check_binary
 from ..analysis.complexity import CONVENTIONS, summary
+from ..core.registry import input_channels
 from ..errors import BsrError, CLIError
 from ..fileio import atomic_path, not_regular, terminate_as_exit
 from .builders import builder_from_reference, get_builder
-from .file_format import SUFFIX
+from .file_format import FP_PARTS_CHOICES, SUFFIX
 from .inference import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
@@ -69,13 +70,26 @@ def load_network(args: argparse.Namespace, need_weights: bool = True, engine: st
     return build.from_options(args.opt, args.checkpoint, args.param_key, need_weights)
 
 
-def _in_channels(net: nn.Module) -> int:
-    for mod in net.modules():
-        if isinstance(mod, nn.Conv2d):
-            return mod.in_channels
-        if hasattr(mod, "in_channels"):
-            return int(mod.in_channels)
-    return 3
+def _calibration(args: argparse.Namespace, net: nn.Module) -> tuple[Optional[dict], int]:
+    """``--calibrate DIR``: the activation ranges of the full-precision convs on the first
+    ``--calibrate-count`` images of DIR (sorted), for int8 full-precision parts."""
+    if not args.calibrate:
+        if args.fp_parts == "int8":
+            raise CLIError("--fp-parts int8 needs --calibrate DIR (a few low-resolution images of the kind the network "
+                           "will see): int8 activations are calibrated at export")
+        return None, 0
+    from .engine.lowp import calibrate_fp_parts
+
+    within("--calibrate-count", args.calibrate_count, 1, 1000)
+    folder = Path(args.calibrate)
+    if not folder.is_dir():
+        raise CLIError(f"--calibrate {args.calibrate}: not a folder of images")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not not_regular(f))
+    if not files:
+        raise CLIError(f"--calibrate {args.calibrate} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+    images = [read_image(str(f), input_channels(net), args.max_pixels)[0] for f in files[:args.calibrate_count]]
+    with _memory_guard(f"the calibration images of {args.calibrate}", "give smaller images or fewer"):
+        return calibrate_fp_parts(net, images), len(images)
 
 
 MAX_COUNT_SIDE = 2**14
@@ -97,7 +111,7 @@ def _input_size(args: argparse.Namespace, net: nn.Module, default_hw: tuple[int,
                 max_side: int) -> tuple[int, int, int]:
     """``--input-size C H W`` (or the network's channels x ``default_hw``): C must be the
     network's input channels, H and W in ``[1, max_side]``."""
-    channels = _in_channels(net)
+    channels = input_channels(net)
     if not args.input_size:
         return (channels,) + default_hw
     c, h, w = args.input_size
@@ -166,15 +180,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CLIError("--input-size is the size of the ONNX sample input: it needs --onnx FILE")
     refuse_overwrite([args.opt, args.checkpoint, args.packed], [args.output, args.onnx])
     net = load_network(args)
+    calibration, count = _calibration(args, net)
+    fp_parts = dict(fp_parts=args.fp_parts, calibration=calibration, calibration_images=count)
     if not args.onnx:
-        print(export_packed(net, args.output, fp16=args.fp16))
+        print(export_packed(net, args.output, fp16=args.fp16, **fp_parts))
         return 0
     from .onnx_export import export_onnx
 
     sample = _sample(args, net, (48, 48))  # checked before either file is written
     with atomic_path(args.onnx) as onnx_file:  # the ONNX file appears only if the packed file was written too
         export_onnx(net, onnx_file, sample)
-        info = export_packed(net, args.output, fp16=args.fp16)
+        info = export_packed(net, args.output, fp16=args.fp16, **fp_parts)
     print(info)
     print(f"{args.onnx}: ONNX graph ({Path(args.onnx).stat().st_size:,} bytes)")
     return 0
@@ -212,9 +228,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for _, out in jobs:
         check_output_path(out)
     builder = builder_from_reference(args.model) if args.model else None
-    net = load_packed(args.model_file, engine=args.engine, builder=builder)
+    net = load_packed(args.model_file, engine=args.engine, builder=builder, fp_parts=args.fp_parts)
     print(f"engine: {net.bsr_engine}")
-    channels = _in_channels(net)
+    channels = input_channels(net)
     found = probe(net, channels)
     pad = _tile_pad(args, found)
     images = [(src, out, *_read_input(src, channels, found.scale, args)) for src, out in jobs]
@@ -320,7 +336,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise CLIError("--image and --input-size both give the input: give one")
     net = load_network(args)
     if args.image:
-        x, _ = read_image(args.image, _in_channels(net), args.max_pixels)
+        x, _ = read_image(args.image, input_channels(net), args.max_pixels)
     else:
         x = _sample(args, net, (48, 48))
     with _memory_guard(f"{x.shape[3]}x{x.shape[2]}", "give a smaller input"):
@@ -345,7 +361,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     within("--repeats", args.repeats, 1, MAX_REPEATS)
     builder = builder_from_reference(args.model) if args.model else None
     with _memory_guard(f"{width}x{height}", "give a smaller --size"):
-        report = bench_packed(args.model_file, (height, width), threads, repeats=args.repeats, builder=builder)
+        report = bench_packed(args.model_file, (height, width), threads, repeats=args.repeats, builder=builder,
+                              fp_parts=args.fp_parts)
     print(json.dumps(report.to_dict(), indent=1) if args.json else report)
     return 0
 
@@ -370,6 +387,11 @@ def _add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param-key", default=None, help="key in the checkpoint (default: params_ema if present, "
                    "else params)")
     _add_model(p)
+
+
+def _add_fp_parts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fp-parts", choices=FP_PARTS_CHOICES, default=None, help="precision of the full-precision "
+                   "parts on the engine (default: the file's; auto: the fastest this machine runs)")
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -418,6 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="FILE", help=f"packed file to write (*{SUFFIX})")
     p.add_argument("--fp16", action="store_true", help="store full-precision tensors in fp16 (not bit exact)")
     p.add_argument("--onnx", metavar="FILE", help="also export an ONNX graph (dynamic height and width)")
+    p.add_argument("--fp-parts", choices=FP_PARTS_CHOICES, default="auto", help="precision of the full-precision "
+                   "parts on the engine, recorded in the file (default auto: the fastest the loading machine runs, "
+                   "int8 with --calibrate, else bf16 where the CPU has it, else fp32; fp32 is exact)")
+    p.add_argument("--calibrate", metavar="DIR", help="low-resolution images to calibrate int8 activations on")
+    p.add_argument("--calibrate-count", type=int, default=8, help="how many of them (default 8)")
+    _add_max_pixels(p)
     _add_input_size(p, "48 x 48 (the ONNX sample input)")
     p.set_defaults(func=cmd_export)
 
@@ -431,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_max_pixels(p)
     p.add_argument("--engine", choices=ENGINES, default="auto", help="packed (XNOR-popcount), float (simulation), "
                    "auto (packed where the extension is built)")
+    _add_fp_parts(p)
     p.add_argument("--check", action="store_true", help="also prove on the first image that every binarized layer "
                    "computes with +-1 inputs and +-alpha weights, and compare the engine with the float simulation")
     _add_model(p)
@@ -450,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", help="thread counts to time, e.g. 1,2 (default: torch's)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per network (median)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_fp_parts(p)
     _add_model(p)
     p.set_defaults(func=cmd_bench)
 

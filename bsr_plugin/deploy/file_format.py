@@ -258,7 +258,50 @@ def check_manifest(path: Any, manifest: Any, blobs_n: int, version: int) -> dict
     if build is not None and (not isinstance(build, dict) or set(build) != {"builder", "spec"}
                               or not isinstance(build["builder"], str) or not isinstance(build["spec"], dict)):
         raise refuse(path, "the manifest's build entry must be {builder: <name>, spec: {...}}")
+    problem = fp_parts_problems(manifest.setdefault("fp_parts", None))
+    if problem:
+        raise refuse(path, f"the manifest's fp_parts entry: {problem}")
     return manifest
+
+
+FP_PARTS_CHOICES = ("auto", "fp32", "bf16", "int8")
+_CALIBRATION_KEYS = {"index", "in_channels", "out_channels", "kernel_size", "min", "max", "scale", "zero_point"}
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _calibration_problem(name: Any, e: Any) -> Optional[str]:
+    if not isinstance(name, str) or not isinstance(e, dict) or set(e) != _CALIBRATION_KEYS:
+        return f"calibration entry {str(name)[:80]!r} is malformed"
+    ints = [e["index"], e["in_channels"], e["out_channels"], *(e["kernel_size"] if isinstance(e["kernel_size"], list)
+                                                                else [None])]
+    if not all(_is_int(v, 0, MAX_DIM) for v in ints) or len(e["kernel_size"]) != 2:
+        return f"calibration entry {name!r}: index, channels and kernel size must be whole numbers"
+    if not (_finite(e["min"]) and _finite(e["max"]) and _finite(e["scale"]) and e["scale"] > 0
+            and _is_int(e["zero_point"], 0, 255)):
+        return f"calibration entry {name!r}: min, max and scale must be finite (scale > 0), zero_point in 0..255"
+    return None
+
+
+def fp_parts_problems(entry: Any) -> Optional[str]:
+    """What is wrong with a manifest's ``fp_parts`` entry (``None``: nothing; the entry itself
+    may be ``None``: full-precision parts in fp32): ``{precision, calibration, images}`` with
+    ``precision`` one of :data:`FP_PARTS_CHOICES` and ``calibration`` ``None`` or the per-conv
+    activation ranges of :func:`~bsr_plugin.deploy.engine.lowp.calibrate_fp_parts`."""
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or set(entry) != {"precision", "calibration", "images"}:
+        return "must be {precision, calibration, images}"
+    if entry["precision"] not in FP_PARTS_CHOICES or not _is_int(entry["images"], 0, 1 << 20):
+        return f"precision must be one of {FP_PARTS_CHOICES} and images a count"
+    calibration = entry["calibration"]
+    if calibration is None:
+        return "precision int8 needs a calibration" if entry["precision"] == "int8" else None
+    if not isinstance(calibration, dict) or len(calibration) > 100_000:
+        return "calibration must be a mapping of conv names to activation ranges"
+    return next((p for p in (_calibration_problem(n, e) for n, e in calibration.items()) if p), None)
 
 
 def _check_layout(path: Any, tensors: list[dict[str, Any]]) -> None:

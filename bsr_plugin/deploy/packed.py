@@ -50,10 +50,12 @@ from .builders import Builder, get_builder
 from .file_format import (
     DTYPE_NAMES,
     FORMAT_VERSION,
+    FP_PARTS_CHOICES,
     LAYER_KEYS,
     Blobs,
     PathLike,
     entry_mismatch,
+    fp_parts_problems,
     layer_entry,
     load_layer_entry_,
     read_packed,
@@ -119,7 +121,8 @@ def _packable_layers(model: nn.Module) -> list[tuple[str, BinaryLayerMixin]]:
     return layers
 
 
-def _manifest(model: nn.Module, layer_entries: list[dict], blobs: Blobs, fp16: bool) -> dict[str, Any]:
+def _manifest(model: nn.Module, layer_entries: list[dict], blobs: Blobs, fp16: bool,
+              fp_parts: Optional[dict[str, Any]]) -> dict[str, Any]:
     from ..version import __version__
 
     config = getattr(model, "bsr_config", None)
@@ -128,10 +131,26 @@ def _manifest(model: nn.Module, layer_entries: list[dict], blobs: Blobs, fp16: b
         "torch_version": torch.__version__, "byteorder": sys.byteorder, "model_class": type(model).__name__,
         "config": config.to_dict() if config is not None else None, "build": getattr(model, "bsr_build", None),
         "fp_dtype": "float16" if fp16 else "native", "binary_layers": layer_entries, "tensors": blobs.entries,
+        "fp_parts": fp_parts,
     }
 
 
-def export_packed(model: nn.Module, path: PathLike, *, fp16: bool = False) -> PackedInfo:
+def _fp_parts_entry(fp_parts: str, calibration: Optional[dict[str, dict]], images: int) -> Optional[dict[str, Any]]:
+    """The manifest's ``fp_parts`` entry (``None`` for plain fp32 without calibration, as files
+    of earlier versions have it)."""
+    if fp_parts == "fp32" and not calibration:
+        return None
+    entry = {"precision": fp_parts, "calibration": calibration or None, "images": images if calibration else 0}
+    problem = fp_parts_problems(entry)
+    if problem:
+        raise ConfigError(f"export_packed: fp_parts {fp_parts!r}: {problem} (calibrate with "
+                          "bsr_plugin.deploy.engine.lowp.calibrate_fp_parts(model, images), or `bsr export --calibrate "
+                          "DIR`)")
+    return entry
+
+
+def export_packed(model: nn.Module, path: PathLike, *, fp16: bool = False, fp_parts: str = "fp32",
+                  calibration: Optional[dict[str, dict]] = None, calibration_images: int = 0) -> PackedInfo:
     """Write ``model`` as a bit-packed file (module docstring; layout in ``file_format``).
 
     Args:
@@ -141,11 +160,19 @@ def export_packed(model: nn.Module, path: PathLike, *, fp16: bool = False) -> Pa
         path: the file to write (conventionally ``*.bsrpack``); written atomically.
         fp16: store floating full-precision tensors in fp16 (smaller; the loaded network is
             then close to, not bit-equal with, this one). Scales are always kept exactly.
+        fp_parts: the precision the full-precision parts run in on the engine when the file is
+            loaded (``fp32`` exact, the default here; ``bf16``; ``int8``, which needs
+            ``calibration``; ``auto``: the fastest the loading machine can run, chosen by the
+            benchmark: int8 with a calibration, else bf16, else fp32). Loading can override it.
+        calibration: per-conv activation ranges from
+            :func:`~bsr_plugin.deploy.engine.lowp.calibrate_fp_parts` on a few images (for int8);
+            ``calibration_images``: how many (recorded in the file).
 
     Returns:
         A :class:`PackedInfo` with the file size, the theoretical packed size and the fp32
         size of the float network.
     """
+    fp_entry = _fp_parts_entry(fp_parts, calibration, calibration_images)  # checked before anything is written
     layers = _packable_layers(model)
     blobs = Blobs()
     entries: list[dict[str, Any]] = []
@@ -168,7 +195,7 @@ def export_packed(model: nn.Module, path: PathLike, *, fp16: bool = False) -> Pa
             raise ConfigError(f"state entry {key!r} has dtype {t.dtype}, which the packed format does not store")
         theoretical += blobs.add(key, "fp", t.detach().to(torch.float16) if fp16 and t.is_floating_point() else t)
         float32 += 0 if key in extras else 4 * t.numel()  # RSign / RPReLU are not in the float network
-    write_file(path, _manifest(model, entries, blobs, fp16), blobs)
+    write_file(path, _manifest(model, entries, blobs, fp16, fp_entry), blobs)
     info = PackedInfo(str(path), Path(path).stat().st_size, theoretical, float32, len(layers),
                       "float16" if fp16 else "float32")
     logger.info("export_packed: %s", info)
@@ -433,7 +460,8 @@ ENGINES = ("auto", "packed", "float")
 
 
 def load_packed(path: PathLike, model: Optional[nn.Module] = None, *, engine: str = "auto",
-                builder: Optional[Builder] = None, max_bytes: int = DEFAULT_MAX_BYTES) -> nn.Module:
+                builder: Optional[Builder] = None, max_bytes: int = DEFAULT_MAX_BYTES,
+                fp_parts: Optional[str] = None) -> nn.Module:
     """Rebuild a network from a packed file, in eval mode, on the CPU.
 
     Args:
@@ -452,6 +480,12 @@ def load_packed(path: PathLike, model: Optional[nn.Module] = None, *, engine: st
             else ``float``, said in one logged line. The choice is in ``net.bsr_engine``.
         builder: a builder to use instead of the file's (e.g. a user-named ``--model``).
         max_bytes: refuse a file whose network would need more memory than this.
+        fp_parts: on the packed engine, the precision of the full-precision parts
+            (:mod:`bsr_plugin.deploy.engine.lowp`): ``None`` (default) the file's choice (fp32
+            where it records none), ``auto`` the fastest this machine runs (int8 where the file
+            holds a calibration, else bf16 where the CPU has it, else fp32), or ``fp32`` /
+            ``bf16`` / ``int8`` (refused, naming the fp32 fallback, where this machine cannot run
+            it). The float simulation runs fp32 only. The choice is in ``net.bsr_fp_parts``.
 
     Returns:
         The network, with the file's weights; see the module docstring for what is exact.
@@ -466,6 +500,12 @@ def load_packed(path: PathLike, model: Optional[nn.Module] = None, *, engine: st
     """
     if engine not in ENGINES:
         raise ConfigError(f"load_packed: engine {engine!r} is not one of {ENGINES}")
+    if fp_parts is not None and fp_parts not in FP_PARTS_CHOICES:
+        raise ConfigError(f"load_packed: fp_parts {fp_parts!r} is not one of {FP_PARTS_CHOICES} (or None: the file's)")
+    if fp_parts in ("bf16", "int8") and engine != "float":
+        from .engine.lowp import require_fp_parts
+
+        require_fp_parts(fp_parts)  # before anything is read or built
     manifest, tensors = read_packed(path)
     meta = _check_size(path, manifest, model, builder, max_bytes)
     on_engine = _on_engine(engine)
@@ -483,8 +523,34 @@ def load_packed(path: PathLike, model: Optional[nn.Module] = None, *, engine: st
         _load_state(path, manifest, tensors, net, layers)
         net.eval()
         net.bsr_engine = _use_engine(net, on_engine)
+    _lower(path, net, manifest["fp_parts"], fp_parts, on_engine)
     logger.info("load_packed: %s (%d binarized layers, %s)", path, len(manifest["binary_layers"]), net.bsr_engine)
     return net
+
+
+def _lower(path: Any, net: nn.Module, stored: Optional[dict[str, Any]], asked: Optional[str],
+           on_engine: bool) -> None:
+    """Run the full-precision parts of an engine network in the precision asked for (or the
+    file's), fusing its residual blocks first; the float simulation stays fp32."""
+    from .engine.blocks import fuse_residual_blocks
+    from .engine.lowp import default_fp_parts, lower_fp_parts
+
+    choice = asked or (stored or {}).get("precision", "fp32")
+    calibration = (stored or {}).get("calibration")
+    if not on_engine:
+        if asked not in (None, "auto", "fp32"):
+            raise ConfigError(f"fp_parts {asked!r} runs on the packed engine only; the float simulation "
+                              "(engine='float') runs fp32: drop fp_parts or load with engine='packed'")
+        net.bsr_fp_parts = "fp32"
+        return
+    precision = default_fp_parts(calibration) if choice == "auto" else choice
+    if precision == "int8" and not calibration:
+        raise ConfigError(f"{path}: int8 full-precision parts need the activation ranges calibrated at export, "
+                          "and this file holds none: export it again with a calibration (bsr export --calibrate "
+                          "DIR), or load it with fp_parts 'bf16' / 'fp32' (--fp-parts)")
+    fuse_residual_blocks(net)
+    lower_fp_parts(net, precision, calibration)
+    net.bsr_engine += f"; full-precision parts in {precision}"
 
 
 def _on_engine(engine: str) -> bool:

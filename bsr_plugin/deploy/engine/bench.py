@@ -120,11 +120,12 @@ def per_layer_times(net: nn.Module, x: torch.Tensor, names: list[str], repeats: 
 
 
 def bench_packed(path: str, size_hw: tuple[int, int], threads: list[int], repeats: int = 5,
-                 builder: Optional[Builder] = None) -> BenchReport:
-    """Time the packed file's network on the engine, its float simulation and its float twin."""
+                 builder: Optional[Builder] = None, fp_parts: Optional[str] = None) -> BenchReport:
+    """Time the packed file's network on the engine (full-precision parts in ``fp_parts``, by
+    default the file's choice), its float simulation and its float twin."""
     from ..packed import load_packed
 
-    engine = load_packed(path, engine="packed", builder=builder)
+    engine = load_packed(path, engine="packed", builder=builder, fp_parts=fp_parts)
     sim = load_packed(path, engine="float", builder=builder)
     nets = {"engine": engine, "simulation": sim, "float": float_twin(sim)}
     names = [n for n, _ in binary_layers(sim)]

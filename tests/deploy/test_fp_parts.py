@@ -48,10 +48,10 @@ from bsr_plugin.deploy.engine.lowp import (
 from bsr_plugin.deploy.engine.modules import PackedBinaryConv2d, is_packed
 from bsr_plugin.errors import ConfigError
 
-from .nets import needs_basicsr
+from ..nets import needs_basicsr
 
 CL = torch.channels_last
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _needs(precision: str) -> None:
@@ -308,7 +308,11 @@ def test_float_simulation_layers_are_left_alone(body_pack):
 
 
 def test_fused_residual_blocks_give_the_same_bits(body_pack):
-    net = _engine(body_pack)
+    from bsr_plugin.deploy.engine.modules import to_engine
+
+    assert all(type(b) is FusedResidualBlock for b in _engine(body_pack).body)  # load_packed fuses them
+    net = load_packed(body_pack, engine="float")
+    to_engine(net)  # the engine network before fusing
     x = _images(1)[0]
     with torch.no_grad():
         ref = net(x)
@@ -318,3 +322,85 @@ def test_fused_residual_blocks_give_the_same_bits(body_pack):
     assert all(type(b) is FusedResidualBlock and type(b.relu) is nn.Identity for b in net.body)
     assert net.body[0].conv1.act_slope is not None and net.body[0].conv2.act_slope is None
     assert torch.equal(y, ref)
+
+
+# -- the choice in a packed file, load_packed and the bsr command -------------------------------
+@pytest.fixture(scope="module")
+def calibrated_pack(body_pack, tmp_path_factory):
+    """The same network exported with ``fp_parts="auto"`` and an int8 calibration."""
+    net = load_packed(body_pack, engine="float")
+    calibration = calibrate_fp_parts(net, _images(4, seed=3))
+    path = tmp_path_factory.mktemp("fp_parts") / "calibrated.bsrpack"
+    export_packed(net, path, fp_parts="auto", calibration=calibration, calibration_images=4)
+    return path
+
+
+def test_file_carries_the_choice_and_load_can_override_it(body_pack, calibrated_pack):
+    x = _images(1)[0]
+    exact = load_packed(body_pack, engine="packed")
+    assert exact.bsr_fp_parts == "fp32" and "full-precision parts in fp32" in exact.bsr_engine  # no choice: exact
+    auto = load_packed(calibrated_pack, engine="packed")
+    assert auto.bsr_fp_parts == lowp.default_fp_parts({"calibrated": {}})  # int8 where it runs, as benchmarked
+    for precision in ("fp32", "bf16", "int8"):
+        if fp_parts_support(precision) is not None:
+            continue
+        net = load_packed(calibrated_pack, engine="packed", fp_parts=precision)
+        assert net.bsr_fp_parts == precision
+        with torch.no_grad():
+            ref, y = exact(x), net(x)
+        assert (y - ref).abs().max() <= 0.04 * (ref.max() - ref.min())  # the whole-network tolerance above
+    assert load_packed(calibrated_pack, engine="float").bsr_fp_parts == "fp32"  # the simulation stays fp32
+
+
+def test_refusals_name_the_fix(body_pack, calibrated_pack, monkeypatch):
+    with pytest.raises(ConfigError, match="calibrat"):
+        load_packed(body_pack, engine="packed", fp_parts="int8")  # no calibration in the file
+    with pytest.raises(ConfigError, match="packed engine only"):
+        load_packed(calibrated_pack, engine="float", fp_parts="bf16")
+    with pytest.raises(ConfigError, match="not one of"):
+        load_packed(calibrated_pack, fp_parts="int4")
+    monkeypatch.setattr(lowp, "fp_parts_support", lambda p: None if p == "fp32" else "no such kernels here")
+    with pytest.raises(ConfigError, match="no such kernels here; run them in fp32"):
+        load_packed(calibrated_pack, engine="packed", fp_parts="bf16")
+    with pytest.raises(ConfigError, match="needs a calibration"):
+        export_packed(load_packed(body_pack, engine="float"), body_pack.with_name("x.bsrpack"), fp_parts="int8")
+    assert not body_pack.with_name("x.bsrpack").exists()  # refused before anything was written
+
+
+def test_hand_made_fp_parts_entry_is_refused(calibrated_pack, tmp_path):
+    from bsr_plugin.deploy.file_format import fp_parts_problems
+
+    entry = json.loads(json.dumps({"precision": "int8", "calibration": None, "images": 0}))
+    assert "needs a calibration" in fp_parts_problems(entry)
+    bad = {"precision": "int8", "images": 1, "calibration": {"c": {"index": 0, "in_channels": 4, "out_channels": 4,
+                                                                  "kernel_size": [3, 3], "min": 0.0, "max": 1.0,
+                                                                  "scale": -1.0, "zero_point": 300}}}
+    assert "scale > 0" in fp_parts_problems(bad)
+    assert fp_parts_problems({"precision": "bf16", "calibration": None, "images": 0}) is None
+
+
+def test_bsr_export_calibrates_and_bsr_run_uses_the_choice(body_pack, tmp_path):
+    """``bsr export --fp-parts int8 --calibrate DIR`` then ``bsr run`` (and ``--fp-parts`` on run)."""
+    import cv2
+
+    _needs("int8")
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    for k, img in enumerate(_images(3, size=(16, 14), seed=5)):
+        cv2.imwrite(str(folder / f"{k}.png"), (img[0].permute(1, 2, 0).flip(-1).numpy() * 255).astype("uint8"))
+    bsr = str(Path(sys.executable).parent / "bsr")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([bsr, *args], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    res = run("export", "--packed", str(body_pack), "-o", "int8.bsrpack", "--fp-parts", "int8", "--calibrate",
+              str(folder), "--calibrate-count", "2")
+    assert res.returncode == 0, res.stderr
+    res = run("run", "int8.bsrpack", str(folder / "0.png"), "-o", "int8.png")
+    assert res.returncode == 0 and "full-precision parts in int8" in res.stdout, res.stderr
+    res = run("run", "int8.bsrpack", str(folder / "0.png"), "-o", "fp32.png", "--fp-parts", "fp32")
+    assert res.returncode == 0 and "full-precision parts in fp32" in res.stdout, res.stderr
+    a, b = (cv2.imread(str(tmp_path / n)).astype(float) for n in ("int8.png", "fp32.png"))
+    assert abs(a - b).max() <= 0.04 * 255
+    res = run("export", "--packed", str(body_pack), "-o", "y.bsrpack", "--fp-parts", "int8")
+    assert res.returncode == 2 and "needs --calibrate DIR" in res.stderr and not (tmp_path / "y.bsrpack").exists()
