@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # setup.py compile the packed engine's C++ extension against that torch).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo clean
+.PHONY: install test test-fast demo clean
 
 ENGINE_SOURCES := $(wildcard bsr_plugin/deploy/engine/csrc/*) bsr_plugin/deploy/engine/build.py
 
@@ -23,6 +23,12 @@ install: $(BIN)/.installed
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# the fast lane: every test but the end-to-end ones (real commands, training, compiling),
+# for a developer between edits; `make test` runs everything and is what CI runs
+test-fast: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 demo: install
 	$(BIN)/bsr demo $(DEMO_ARGS)

@@ -22,6 +22,8 @@ from bsr_plugin import BuilderError, PackedFormatError
 
 from .conftest import REPO
 
+pytestmark = pytest.mark.slow  # real commands in subprocesses: `make test`, not the fast lane
+
 BLOCKED = ("basicsr", "mmcv", "mmengine", "timm")
 BSR = str(Path(sys.executable).parent / "bsr")
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real commands in subprocesses: `make test`, not the fast lane
+
 REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("mmcv", "mmengine", "timm")
 

@@ -15,6 +15,8 @@ import yaml
 
 from .conftest import REPO
 
+pytestmark = pytest.mark.slow  # real commands in subprocesses: `make test`, not the fast lane
+
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 BLOCKS = [b for doc in DOCS for b in re.findall(r"```(\w+)\n(.*?)```", doc.read_text(), flags=re.S)]
 

@@ -78,6 +78,7 @@ def test_relu_before_binarized_layer_is_replaced():
     assert any("constant +1" in n for n in kept.bsr_report.warnings)
 
 
+@pytest.mark.slow
 def test_timm_cnn():
     timm = pytest.importorskip("timm")
     float_net = timm.create_model("resnet18", pretrained=False, num_classes=10)

@@ -71,6 +71,7 @@ def test_reset_parameters_rederives_binary_state():
     assert float(layer.calibrated) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", INGREDIENTS)
 def test_state_dict_packed_and_onnx_round_trips(options, tmp_path):
     torch.manual_seed(0)

@@ -110,6 +110,7 @@ def test_clear_errors(files, capsys):
     assert "has no key 'params_ema'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_entry_point_help():
     proc = subprocess.run([sys.executable, "-m", "bsr_plugin.deploy.cli", "--help"], capture_output=True, text=True,
                           timeout=120)

@@ -74,6 +74,7 @@ def _fp32_theoretical_bytes(net: nn.Module) -> tuple[int, int]:
 
 
 # -- summary ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_summary_hand_count_edsr_baseline_x4(edsr_x4):
     s = summary(edsr_x4, (3, 180, 320))
     # parameters, by hand
@@ -179,6 +180,7 @@ def test_packed_size_edsr_baseline_x4_upsampler_binarized(tmp_path):
 
 
 # -- packed file: exactness -------------------------------------------------------------------
+@pytest.mark.slow
 def test_packed_round_trip_bit_exact_edsr_baseline_x4(edsr_x4, tmp_path):
     path = tmp_path / "edsr_x4.bsrpack"
     export_packed(edsr_x4, path)
@@ -193,6 +195,7 @@ def test_packed_round_trip_bit_exact_edsr_baseline_x4(edsr_x4, tmp_path):
     assert loaded.bsr_config == edsr_x4.bsr_config and loaded.bsr_build == edsr_x4.bsr_build
 
 
+@pytest.mark.slow
 def test_engine_load_builds_straight_from_the_bits(edsr_x4, tmp_path, monkeypatch):
     """``load_packed(engine="packed")`` never makes a binarized layer's fp32 latent weight: the
     network is built with its parameters on the meta device, each packed module is made from the

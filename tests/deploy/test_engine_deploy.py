@@ -25,6 +25,8 @@ from bsr_plugin.deploy.engine.modules import PackedBinaryConv2d, is_packed, to_e
 
 from ..nets import needs_basicsr
 
+pytestmark = pytest.mark.slow  # real commands in subprocesses: `make test`, not the fast lane
+
 BSR = str(Path(sys.executable).parent / "bsr")
 
 

@@ -514,6 +514,7 @@ def test_isa_environment_variable(monkeypatch):
         E.set_isa("env")
 
 
+@pytest.mark.slow
 def test_isa_environment_variable_at_startup():
     _require_native()
     code = "from bsr_plugin.deploy import engine as E; print(E.isa()); print(E.status_line())"

@@ -188,6 +188,7 @@ def test_weights_take_7_bits_where_int8_kernels_lack_vnni(monkeypatch, flags, ca
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_int8_conv_exact_on_a_cpu_without_vnni():
     """Under ONEDNN_MAX_CPU_ISA=AVX2 (the benchmark's AVX2 machine) 8-bit weights would saturate
     oneDNN's 16-bit pair sums (11 % error measured); with 7 bits the conv is exact again."""
@@ -379,6 +380,7 @@ def test_hand_made_fp_parts_entry_is_refused(calibrated_pack, tmp_path):
     assert fp_parts_problems({"precision": "bf16", "calibration": None, "images": 0}) is None
 
 
+@pytest.mark.slow
 def test_bsr_export_calibrates_and_bsr_run_uses_the_choice(body_pack, tmp_path):
     """``bsr export --fp-parts int8 --calibrate DIR`` then ``bsr run`` (and ``--fp-parts`` on run)."""
     import cv2

@@ -32,6 +32,7 @@ def test_the_expected_files_ship():
     assert names == {p.name for p in TEST}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", TRAIN + TEST, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_options(path):
     is_train = path.parent.name != "test"

@@ -27,6 +27,7 @@ def _conv_linear_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_convert_timm_family(family):
     name, first, classifier, relus = FAMILIES[family]

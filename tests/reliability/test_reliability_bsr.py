@@ -41,6 +41,8 @@ from .helpers import (
     write_png,
 )
 
+pytestmark = pytest.mark.slow  # real commands in subprocesses: `make test`, not the fast lane
+
 NET = dict(type="EDSRBin", num_feat=8, num_block=1, upscale=2)
 
 

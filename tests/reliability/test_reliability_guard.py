@@ -36,6 +36,8 @@ from .helpers import (
     write_png,
 )
 
+pytestmark = pytest.mark.slow  # real commands in subprocesses: `make test`, not the fast lane
+
 TIMEOUT = 120  # seconds: a blocked command fails the case instead of hanging the suite
 
 

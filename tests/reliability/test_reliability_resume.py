@@ -20,6 +20,7 @@ from bsr_plugin.integrations.basicsr.runtime import patch_runtime
 from ..basicsr_runs import load_yaml, read_logs, run_basicsr, small_train_options, write
 from .helpers import FULL_DISK, UNSAFE_ENV, InterruptedWrite, assert_refused, code_running_checkpoint, snapshot
 
+pytestmark = pytest.mark.slow  # real commands in subprocesses: `make test`, not the fast lane
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, datasets_dir: Path) -> Path:

@@ -23,6 +23,8 @@ from bsr_plugin.safety import weights_only_loads
 from ..basicsr_runs import small_test_options, small_train_options, write
 from .helpers import BASICSR, UNSAFE_ENV, assert_refused, code_running_checkpoint, run, snapshot
 
+pytestmark = pytest.mark.slow  # real commands in subprocesses: `make test`, not the fast lane
+
 TAG = '!!python/object/apply:os.system ["touch {marker}"]'
 
 
