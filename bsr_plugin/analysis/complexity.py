@@ -102,35 +102,23 @@ class ModelSummary:
     def _total(self, attr: str) -> int:
         return sum(getattr(r, attr) for r in self.layers)
 
-    @property
-    def fp_params(self) -> int:
-        return self._total("fp_params")
+    fp_params = property(lambda self: self._total("fp_params"))
 
-    @property
-    def binary_params(self) -> int:
-        return self._total("binary_params")
+    binary_params = property(lambda self: self._total("binary_params"))
 
-    @property
-    def buffers(self) -> int:
-        return self._total("buffers")
+    buffers = property(lambda self: self._total("buffers"))
 
     @property
     def params(self) -> float:
         """FP params + binary params / 32 (method.md, "Evaluation and counting")."""
         return self.fp_params + self.binary_params / 32
 
-    @property
-    def float_params(self) -> int:
-        """Parameters of the float network (every binarized layer back to float, no scales)."""
-        return self._total("float_params")
+    float_params = property(lambda self: self._total("float_params"),
+                            doc="Parameters of the float network (every binarized layer back to float, no scales).")
 
-    @property
-    def fp_macs(self) -> int:
-        return self._total("fp_macs")
+    fp_macs = property(lambda self: self._total("fp_macs"))
 
-    @property
-    def binary_macs(self) -> int:
-        return self._total("binary_macs")
+    binary_macs = property(lambda self: self._total("binary_macs"))
 
     def ops(self, convention: Optional[str] = None) -> float:
         """FP MACs + binary MACs / divisor under ``convention`` (default: this summary's)."""

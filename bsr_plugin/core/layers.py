@@ -206,6 +206,15 @@ class BinaryLayerMixin:
         self.sign_ref.copy_(pack_signs(self.weight))
         self.calibrated.zero_()
 
+    @torch.no_grad()
+    def _take_float(self, layer: nn.Module) -> Any:
+        """Take over a float layer's weight (:meth:`init_from_float_`), bias and mode; returns self."""
+        self.init_from_float_(layer.weight.detach())
+        if layer.bias is not None:
+            self.bias.copy_(layer.bias)
+        self.train(layer.training)
+        return self
+
     def init_weights(self) -> None:
         """Keep the initialisation made at construction (or taken over from float weights).
 
@@ -349,12 +358,7 @@ class BinaryConv2d(BinaryLayerMixin, nn.Conv2d):
                   padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
                   bias=conv.bias is not None, padding_mode=conv.padding_mode,
                   device=conv.weight.device, dtype=conv.weight.dtype, **options)
-        new.init_from_float_(conv.weight.detach())
-        if conv.bias is not None:
-            with torch.no_grad():
-                new.bias.copy_(conv.bias)
-        new.train(conv.training)
-        return new
+        return new._take_float(conv)
 
     @torch.no_grad()
     def to_float(self) -> nn.Conv2d:
@@ -413,12 +417,7 @@ class BinaryLinear(BinaryLayerMixin, nn.Linear):
         """A binary linear layer with ``linear``'s shape, taking over its weight and bias."""
         new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                   device=linear.weight.device, dtype=linear.weight.dtype, **options)
-        new.init_from_float_(linear.weight.detach())
-        if linear.bias is not None:
-            with torch.no_grad():
-                new.bias.copy_(linear.bias)
-        new.train(linear.training)
-        return new
+        return new._take_float(linear)
 
     @torch.no_grad()
     def to_float(self) -> nn.Linear:

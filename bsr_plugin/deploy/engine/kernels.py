@@ -414,18 +414,24 @@ class _ConvArgs:
 
     def _epilogue(self, x: Tensor, in_channels: int, scale: Tensor, bias: Optional[Tensor],
                   threshold: Optional[Tensor], shortcut: str, rprelu: RPReLU, fn: str) -> None:
-        o = self.out_channels
-        self.scale = _vector(scale, o, "scale", fn)
-        if self.scale is None:
-            raise EngineError(f"{fn}: scale is required (one float per output channel), got None")
-        self.bias = _vector(bias, o, "bias", fn)
-        self.threshold = _vector(threshold, in_channels, "threshold", fn)
-        self.rprelu = _rprelu(rprelu, o, fn)
-        self.shortcut = shortcut
-        self.shortcut_code = _shortcut(shortcut, in_channels, o, fn)
+        _epilogue_args(self, in_channels, self.out_channels, scale, bias, threshold, shortcut, rprelu, fn)
         if self.shortcut_code and self.out_size != tuple(x.shape[2:]):
             raise EngineError(f"{fn}: a {shortcut} shortcut needs the output size {self.out_size} to equal the input "
                               f"size {tuple(x.shape[2:])}: use stride 1 and 'same' padding, or shortcut='none'")
+
+
+def _epilogue_args(args: Any, n_in: int, n_out: int, scale: Tensor, bias: Optional[Tensor],
+                   threshold: Optional[Tensor], shortcut: str, rprelu: RPReLU, fn: str) -> None:
+    """The output pass's checked arguments onto ``args``: scale (required), bias, RSign
+    threshold, RPReLU and the shortcut, per output (or input) channel."""
+    args.scale = _vector(scale, n_out, "scale", fn)
+    if args.scale is None:
+        raise EngineError(f"{fn}: scale is required (one float per output channel), got None")
+    args.bias = _vector(bias, n_out, "bias", fn)
+    args.threshold = _vector(threshold, n_in, "threshold", fn)
+    args.rprelu = _rprelu(rprelu, n_out, fn)
+    args.shortcut = shortcut
+    args.shortcut_code = _shortcut(shortcut, n_in, n_out, fn)
 
 
 class _LinearArgs:
@@ -447,14 +453,7 @@ class _LinearArgs:
         problem = linear_support(in_features, n)
         if problem is not None:
             raise EngineError(f"{fn}: {problem}")
-        self.scale = _vector(scale, n, "scale", fn)
-        if self.scale is None:
-            raise EngineError(f"{fn}: scale is required (one float per output feature), got None")
-        self.bias = _vector(bias, n, "bias", fn)
-        self.threshold = _vector(threshold, in_features, "threshold", fn)
-        self.rprelu = _rprelu(rprelu, n, fn)
-        self.shortcut = shortcut
-        self.shortcut_code = _shortcut(shortcut, in_features, n, fn)
+        _epilogue_args(self, in_features, n, scale, bias, threshold, shortcut, rprelu, fn)
 
 
 # ---------------------------------------------------------------------------------------
