@@ -29,7 +29,7 @@ import logging
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -421,12 +421,7 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="bsr", description="Binarized super-resolution networks: complexity "
-                                     "summary, bit-packed export, load-and-run on the packed CPU engine, binary check.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_summary_command(sub: Any) -> None:
     p = sub.add_parser("summary", help="params, storage, FP/binary MACs and OPs, per layer and in total")
     _add_source(p)
     _add_input_size(p, "180 x 320 (a 320x180 image)")
@@ -435,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_summary)
 
+
+def _add_export_command(sub: Any) -> None:
     p = sub.add_parser("export", help="write a bit-packed model file (and optionally ONNX)")
     _add_source(p)
     p.add_argument("-o", "--output", required=True, metavar="FILE", help=f"packed file to write (*{SUFFIX})")
@@ -449,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_size(p, "48 x 48 (the ONNX sample input)")
     p.set_defaults(func=cmd_export)
 
+
+def _add_run_command(sub: Any) -> None:
     p = sub.add_parser("run", help="super-resolve images with a packed file (on the packed engine)")
     p.add_argument("model_file", metavar="MODEL", help="packed model file")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="low-resolution image(s) or a folder of them")
@@ -465,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.set_defaults(func=cmd_run)
 
+
+def _add_check_command(sub: Any) -> None:
     p = sub.add_parser("check", help="run one forward pass and prove every binarized layer is binary")
     _add_source(p)
     p.add_argument("--image", help="input image (default: a random input of --input-size)")
@@ -472,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_size(p, "48 x 48")
     p.set_defaults(func=cmd_check)
 
+
+def _add_bench_command(sub: Any) -> None:
     p = sub.add_parser("bench", help="per-layer and end-to-end time: packed engine vs float simulation vs float "
                        "network")
     p.add_argument("model_file", metavar="MODEL", help="packed model file")
@@ -483,9 +486,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.set_defaults(func=cmd_bench)
 
+
+def _add_engine_command(sub: Any) -> None:
     p = sub.add_parser("engine", help="which engine runs binarized layers here, and why")
     p.set_defaults(func=cmd_engine)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="bsr", description="Binarized super-resolution networks: complexity "
+                                     "summary, bit-packed export, load-and-run on the packed CPU engine, binary check.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_summary_command(sub)
+    _add_export_command(sub)
+    _add_run_command(sub)
+    _add_check_command(sub)
+    _add_bench_command(sub)
+    _add_engine_command(sub)
     for name, ep in _plugin_commands().items():
         sub.add_parser(name, help=f"{ep.value} (its options: bsr {name} --help)", add_help=False)
     return parser

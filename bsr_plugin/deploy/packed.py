@@ -498,25 +498,12 @@ def load_packed(path: PathLike, model: Optional[nn.Module] = None, *, engine: st
             downloads or runs anything, or its build tried to (:mod:`bsr_plugin.safety`).
         BuilderError: the builder the file names is not installed.
     """
-    if engine not in ENGINES:
-        raise ConfigError(f"load_packed: engine {engine!r} is not one of {ENGINES}")
-    if fp_parts is not None and fp_parts not in FP_PARTS_CHOICES:
-        raise ConfigError(f"load_packed: fp_parts {fp_parts!r} is not one of {FP_PARTS_CHOICES} (or None: the file's)")
-    if fp_parts in ("bf16", "int8") and engine != "float":
-        from .engine.lowp import require_fp_parts
-
-        require_fp_parts(fp_parts)  # before anything is read or built
+    _check_load_arguments(engine, fp_parts)
     manifest, tensors = read_packed(path)
     meta = _check_size(path, manifest, model, builder, max_bytes)
     on_engine = _on_engine(engine)
     if on_engine and meta is not None:
-        from .engine.modules import plan_engine
-
-        plan = plan_engine(meta)  # probed on the meta network: nothing allocated, nothing of net's touched
-        net = _real_network(path, manifest, model, builder, meta="params")
-        kept = _fill_engine(path, manifest, tensors, net, _verify(path, manifest, net), plan)
-        net.eval().to(memory_format=torch.channels_last)  # the engine and oneDNN's float convs are both faster so
-        net.bsr_engine = _engine_line(kept)
+        net = _engine_network(path, manifest, tensors, model, builder, meta)
     else:
         net = _real_network(path, manifest, model, builder, meta="none")
         layers = _verify(path, manifest, net)
@@ -525,6 +512,31 @@ def load_packed(path: PathLike, model: Optional[nn.Module] = None, *, engine: st
         net.bsr_engine = _use_engine(net, on_engine)
     _lower(path, net, manifest["fp_parts"], fp_parts, on_engine)
     logger.info("load_packed: %s (%d binarized layers, %s)", path, len(manifest["binary_layers"]), net.bsr_engine)
+    return net
+
+
+def _check_load_arguments(engine: str, fp_parts: Optional[str]) -> None:
+    """``engine`` and ``fp_parts`` of :func:`load_packed`, before anything is read or built."""
+    if engine not in ENGINES:
+        raise ConfigError(f"load_packed: engine {engine!r} is not one of {ENGINES}")
+    if fp_parts is not None and fp_parts not in FP_PARTS_CHOICES:
+        raise ConfigError(f"load_packed: fp_parts {fp_parts!r} is not one of {FP_PARTS_CHOICES} (or None: the file's)")
+    if fp_parts in ("bf16", "int8") and engine != "float":
+        from .engine.lowp import require_fp_parts
+
+        require_fp_parts(fp_parts)
+
+
+def _engine_network(path: Any, manifest: dict[str, Any], tensors: dict[str, Tensor], model: Optional[nn.Module],
+                    builder: Optional[Builder], meta: nn.Module) -> nn.Module:
+    """The file's network straight onto the engine (:func:`_fill_engine`), eval, channels_last."""
+    from .engine.modules import plan_engine
+
+    plan = plan_engine(meta)  # probed on the meta network: nothing allocated, nothing of net's touched
+    net = _real_network(path, manifest, model, builder, meta="params")
+    kept = _fill_engine(path, manifest, tensors, net, _verify(path, manifest, net), plan)
+    net.eval().to(memory_format=torch.channels_last)  # the engine and oneDNN's float convs are both faster so
+    net.bsr_engine = _engine_line(kept)
     return net
 
 
