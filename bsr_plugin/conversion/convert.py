@@ -183,7 +183,7 @@ def convert(model: nn.Module, config: BinarizeConfig | Mapping[str, Any] | None 
     if not isinstance(model, nn.Module):
         hint = (" (this looks like a state dict: build the network, load the dict into it, then convert it)"
                 if isinstance(model, Mapping) else "")
-        raise TypeError(f"convert() needs a torch.nn.Module, got {type(model).__name__}{hint}")
+        raise ConfigError(f"convert() needs a torch.nn.Module, got {type(model).__name__}{hint}")
     config = BinarizeConfig.coerce(config)
     if overrides:
         config = config.replace(**overrides)

@@ -30,6 +30,7 @@ from torch import nn
 from ..conversion import ConversionReport, register_fixup
 from ..core.layers import BinaryConv2d, BinaryLinear
 from ..core.registry import is_binary
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def register() -> list[str]:
         if existing is cls:
             continue
         if existing is not None and not _same_class(existing, cls):
-            raise RuntimeError(f"mmengine's MODELS already holds {name!r} as {existing.__module__}."
+            raise ConfigError(f"mmengine's MODELS already holds {name!r} as {existing.__module__}."
                                f"{existing.__qualname__}, so bsr_plugin cannot register its {cls.__name__} there. "
                                "Find which imported package registers that name, or build the layer by class: "
                                f"dict(type=bsr_plugin.{cls.__name__}).")

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..conversion import BinarizeConfig, convert
 from ..conversion.dataflow import default_probe
-from ..errors import BuilderError
+from ..errors import BuilderError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def create_binarized_model(model_name: str, binarize: BinarizeConfig | Mapping[s
     except TypeError as err:
         misplaced = [k for k in timm_kwargs if k in BinarizeConfig.field_names() and repr(k) in str(err)]
         if misplaced:
-            raise TypeError(f"{misplaced[0]!r} is a binarize option, not one of {model_name}'s: pass it as "
+            raise ConfigError(f"{misplaced[0]!r} is a binarize option, not one of {model_name}'s: pass it as "
                             f"binarize={{{misplaced[0]!r}: ...}} ({err})") from err
         raise
     probe = probe_input(model) if example_input is None else example_input
@@ -178,17 +178,17 @@ def register_binarized_model(model_name: str, binarize: BinarizeConfig | Mapping
 
     config = BinarizeConfig.coerce(binarize)
     if "." in model_name or not is_model(model_name):
-        raise ValueError(f"{model_name!r} is not a timm model name (see timm.list_models()); give the "
+        raise ConfigError(f"{model_name!r} is not a timm model name (see timm.list_models()); give the "
                          "architecture without a pretrained tag")
     if not prefix:
-        raise ValueError("prefix must be non-empty: the binarized model needs a name of its own")
+        raise ConfigError("prefix must be non-empty: the binarized model needs a name of its own")
     name = prefix + model_name
     if name in _REGISTERED:
         if _REGISTERED[name] == (model_name, config):
             return name
-        raise ValueError(f"{name!r} is already registered with another binarize config; pick another prefix")
+        raise ConfigError(f"{name!r} is already registered with another binarize config; pick another prefix")
     if is_model(name):
-        raise ValueError(f"timm already has a model named {name!r}; pick another prefix")
+        raise ConfigError(f"timm already has a model named {name!r}; pick another prefix")
     fn = _entrypoint(name, model_name, config)
     setattr(sys.modules[__name__], name, fn)  # timm adds the name to this module's __all__
     register_model(fn)

@@ -190,7 +190,7 @@ def test_unsupported_layer_named_explicitly():
 
 
 def test_non_module_argument():
-    with pytest.raises(TypeError, match="needs a torch.nn.Module, got OrderedDict.*state dict"):
+    with pytest.raises(ConfigError, match="needs a torch.nn.Module, got OrderedDict.*state dict"):
         convert(_small().state_dict())
 
 

@@ -13,7 +13,7 @@ pytest.importorskip("mmengine")
 mmcv_cnn = pytest.importorskip("mmcv.cnn")
 
 import bsr_plugin  # noqa: E402
-from bsr_plugin import BinaryConv2d, BinaryLinear, check_binary, is_binary  # noqa: E402
+from bsr_plugin import BinaryConv2d, BinaryLinear, ConfigError, check_binary, is_binary  # noqa: E402
 from bsr_plugin.core.bits import pack_signs  # noqa: E402
 from bsr_plugin.integrations import mmcv as mmcv_ext  # noqa: E402
 
@@ -153,7 +153,7 @@ def test_name_taken_by_another_class_is_an_error(monkeypatch):
         pass
 
     monkeypatch.setitem(_models().module_dict, "BinaryConv2d", Other)
-    with pytest.raises(RuntimeError, match="already holds 'BinaryConv2d'.*dict\\(type=bsr_plugin.BinaryConv2d\\)"):
+    with pytest.raises(ConfigError, match="already holds 'BinaryConv2d'.*dict\\(type=bsr_plugin.BinaryConv2d\\)"):
         mmcv_ext.register()
 
 

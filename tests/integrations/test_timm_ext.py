@@ -9,7 +9,7 @@ from torch import nn
 
 timm = pytest.importorskip("timm")
 
-from bsr_plugin import BinarizeConfig, check_binary, convert, is_binary  # noqa: E402
+from bsr_plugin import BinarizeConfig, ConfigError, check_binary, convert, is_binary  # noqa: E402
 from bsr_plugin.integrations.timm import create_binarized_model, probe_input, register_binarized_model  # noqa: E402
 
 from ..nets import assert_converted_network_works  # noqa: E402
@@ -74,7 +74,7 @@ def test_create_binarized_model_passes_config_and_timm_options():
 
 
 def test_binarize_option_given_to_timm_is_named():
-    with pytest.raises(TypeError, match=r"'prior_a' is a binarize option.*binarize=\{'prior_a': ...\}"):
+    with pytest.raises(ConfigError, match=r"'prior_a' is a binarize option.*binarize=\{'prior_a': ...\}"):
         create_binarized_model("resnet10t", prior_a=1e-3)
 
 

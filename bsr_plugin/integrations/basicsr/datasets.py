@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from torch.utils import data
 
+from ...errors import OptionsError
+
 logger = logging.getLogger(__name__)
 
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -50,7 +52,7 @@ class BicubicPairDataset(data.Dataset):
         self.opt = opt
         backend = (opt.get("io_backend") or {"type": "disk"}).get("type", "disk")
         if backend != "disk":
-            raise ValueError(f"BicubicPairDataset reads image folders from disk; io_backend {backend!r} "
+            raise OptionsError(f"BicubicPairDataset reads image folders from disk; io_backend {backend!r} "
                              "is not supported")
         self.paths = list_images(opt["dataroot_gt"])
         self.scale = int(opt["scale"])
@@ -58,7 +60,7 @@ class BicubicPairDataset(data.Dataset):
         if self.train:
             gt = int(opt.get("gt_size", 0))
             if gt <= 0 or gt % self.scale:
-                raise ValueError(f"gt_size {opt.get('gt_size')} must be a positive multiple of scale {self.scale}")
+                raise OptionsError(f"gt_size {opt.get('gt_size')} must be a positive multiple of scale {self.scale}")
             self.paths = self._large_enough(self.paths, gt)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -73,7 +75,7 @@ class BicubicPairDataset(data.Dataset):
                 if min(im.size) >= gt:
                     keep.append(p)
         if not keep:
-            raise ValueError(f"every image in {os.path.dirname(paths[0])!r} is smaller than gt_size {gt}")
+            raise OptionsError(f"every image in {os.path.dirname(paths[0])!r} is smaller than gt_size {gt}")
         if len(keep) < len(paths):
             logger.warning("BicubicPairDataset: %d of %d images are smaller than gt_size %d and are not used",
                            len(paths) - len(keep), len(paths), gt)
