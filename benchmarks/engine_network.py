@@ -58,7 +58,20 @@ DEFAULT_OUT = REPO / "benchmarks" / "results" / "engine_network"
 EDSR_BASELINE = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 16, "upscale": 4}
 UPSAMPLER_RULES = [{"binarize": "type:Conv2d"}, {"keep": "first"}, {"keep": "last"}, {"keep": "conv_after_body"},
                    {"binarize": "upsampler"}]
-VARIANTS = {"body": {}, "upsampler": {"rules": UPSAMPLER_RULES}}
+
+
+def shipped_network_options() -> dict[str, Any]:
+    """The binarized network of ``options/edsr_bin.yml`` (EDSR-baseline x4): its block and
+    binarize options, so the ``shipped`` rows time what users train."""
+    import yaml
+
+    spec = yaml.safe_load((REPO / "options" / "edsr_bin.yml").read_text())["network_g"]
+    return {k: spec[k] for k in ("block", "binarize") if k in spec}
+
+
+# EDSRBin options per variant: the shipped recipe, the round-2 default (EDSR's residual block,
+# 32 body convs binarized), and that with the upsampler binarized too
+VARIANTS = {"shipped": shipped_network_options(), "body": {}, "upsampler": {"binarize": {"rules": UPSAMPLER_RULES}}}
 
 
 @torch.no_grad()
@@ -79,10 +92,10 @@ def make_packed_files(folder: Path) -> dict[str, Path]:
     from bsr_plugin.integrations.basicsr.archs import EDSRBin
 
     files = {}
-    for name, binarize in VARIANTS.items():
+    for name, options in VARIANTS.items():
         torch.manual_seed(0)
         files[name] = folder / f"edsr_baseline_x4_{name}.bsrpack"
-        export_packed(as_if_trained(EDSRBin(**EDSR_BASELINE, binarize=binarize)), files[name])
+        export_packed(as_if_trained(EDSRBin(**EDSR_BASELINE, **options)), files[name])
     return files
 
 
@@ -150,11 +163,15 @@ def input_for(name: str, x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if name.endswith(CL) else x
 
 
-NAMES = ("float", "float" + CL, BANDED, BANDED + CL, "body/engine", "body/engine" + CL, "body/simulation",
+NAMES = ("float", "float" + CL, BANDED, BANDED + CL,
+         "shipped/engine", "shipped/engine" + CL, "shipped/simulation",
+         "body/engine", "body/engine" + CL, "body/simulation",
          "upsampler/engine", "upsampler/engine" + CL, "upsampler/simulation")
-LOWP_NAMES = ("float/bf16" + CL, "float/int8" + CL, "body/engine/fused" + CL, "body/engine/bf16" + CL,
-              "body/engine/int8" + CL, "upsampler/engine/fused" + CL, "upsampler/engine/bf16" + CL,
-              "upsampler/engine/int8" + CL)
+LOWP_NAMES = ("float/bf16" + CL, "float/int8" + CL,
+              "shipped/engine/fused" + CL, "shipped/engine/bf16" + CL, "shipped/engine/int8" + CL,
+              "body/engine/fused" + CL, "body/engine/bf16" + CL, "body/engine/int8" + CL,
+              "upsampler/engine/fused" + CL, "upsampler/engine/bf16" + CL, "upsampler/engine/int8" + CL)
+TARGET = "shipped"  # the network the issue's targets are about: the shipped recipe
 DEFAULT_TOOLS = ("openvino_nncf", "ort_qdq")  # pt2e_inductor on request: its compile takes minutes
 
 
@@ -280,7 +297,8 @@ def peak_memory(files: dict[str, Path], threads: int, size_hw: tuple[int, int],
 # Each instruction-set configuration of the end-to-end times runs in a subprocess of its own.
 ISA_ENVIRONMENTS = {"avx512": {"BSR_ENGINE_ISA": "avx512"},
                     "avx2": {"BSR_ENGINE_ISA": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
-PROFILED = ("body/engine" + CL, "body/engine/bf16" + CL, "body/engine/int8" + CL, "upsampler/engine/int8" + CL)
+PROFILED = ("shipped/engine" + CL, "shipped/engine/bf16" + CL, "shipped/engine/int8" + CL,
+            "body/engine/int8" + CL, "upsampler/engine/int8" + CL)
 PARTS = ("speed", "per_layer", "memory", "profile")
 
 
@@ -376,10 +394,11 @@ def _header(r: dict[str, Any]) -> list[str]:
                      ("float", *VARIANTS))
     return [f"# Packed engine, whole network: EDSR-baseline x4 at {w}x{h}", "",
             f"{r['cpu']}; {r['engine']}; torch {r['torch']}; commit {r['commit']}; load average at the end "
-            f"{r['load_average']}. Median (min) of {r['repeats']} round-robin runs. `body`: the 32 residual-block "
-            "convs binarized (the default), head, tail and upsampler full precision; `upsampler`: the two "
-            "upsampler convs binarized too. `engine`: loaded from the packed file onto the XNOR-popcount "
-            "engine; `simulation`: the same file as float convs on +-1 values; `float`: the float EDSR. "
+            f"{r['load_average']}. Median (min) of {r['repeats']} round-robin runs. `shipped`: the binarized "
+            f"network of options/edsr_bin.yml ({json.dumps(VARIANTS['shipped'])}); `body`: round 2's default, the 32 "
+            "convs of EDSR's residual blocks binarized, head, tail and upsampler full precision; `upsampler`: "
+            "that with the two upsampler convs binarized too. `engine`: loaded from the packed file onto the "
+            "XNOR-popcount engine; `simulation`: the same file as float convs on +-1 values; `float`: the float EDSR. "
             "`@channels_last`: network and input in channels_last memory format (oneDNN's float convs and the "
             "engine are both faster so). `cpu`: the process's CPU time per run (all its threads; at 1 thread "
             "the work done even on a busy machine). `engine/fused`: residual blocks fused (activation into the first "
@@ -438,26 +457,27 @@ def _checks(r: dict[str, Any]) -> list[str]:
     """The targets of the comparison, per ISA at the most threads: our body-binarized engine with
     low-precision parts against float channels_last fp32 and the fastest int8 float network, its
     memory and its PSNR against fp32 parts."""
-    lines = ["", "Targets (body binarized; the target in parentheses):", ""]
+    lines = ["", f"Targets (`{TARGET}`: the shipped recipe; the target in parentheses):", ""]
     for isa, e in r.get("end_to_end", {}).items():
         for threads, t in e["times"].items():
             int8_rows = sorted((n for n in t if n.startswith("float/int8")), key=lambda n: t[n]["median_ms"])
-            for name in ("body/engine/int8" + CL, "body/engine/bf16" + CL):
+            for name in (f"{TARGET}/engine/int8" + CL, f"{TARGET}/engine/bf16" + CL):
                 if name in t:
                     vs_int8 = ", ".join(f"{_ratios(t, n, name)} {n}" for n in int8_rows) + " (1.3x)"
                     lines.append(f"- {isa}, {threads} thread(s), `{name}`: {_ratios(t, 'float' + CL, name)} "
                                  f"float@channels_last (2.5x at 2 threads); {vs_int8}")
     mem = r.get("memory", {})
-    for name in ("body/engine/int8" + CL, "body/engine/bf16" + CL):
+    for name in (f"{TARGET}/engine/int8" + CL, f"{TARGET}/engine/bf16" + CL):
         if name in mem and "float" in mem:
             ratios = [mem["float"][k] / max(mem[name][k], 1) for k in ("added_bytes", "added_bytes_fixed_mmap")]
             lines.append(f"- peak memory `{name}`: 1/{ratios[0]:.2f} of float's (default), 1/{ratios[1]:.2f} "
                          "(fixed mmap) (1/3)")
     for precision in PRECISIONS:
-        low, ref = psnr_of(r, f"body/engine/{precision}"), psnr_of(r, "body/engine")
+        low, ref = psnr_of(r, f"{TARGET}/engine/{precision}"), psnr_of(r, f"{TARGET}/engine")
         if low and ref:
             diff = statistics.mean(low[s]["psnr"] - ref[s]["psnr"] for s in low)
-            lines.append(f"- PSNR `body/engine/{precision}` - `body/engine` (fp32 parts): {diff:+.3f} dB (>= -0.05)")
+            lines.append(f"- PSNR `{TARGET}/engine/{precision}` - `{TARGET}/engine` (fp32 parts): {diff:+.3f} dB "
+                         "(>= -0.05)")
     return lines
 
 
@@ -585,7 +605,8 @@ def _arguments(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--psnr-from", type=Path, default=None,
                         help="folder of trained cpu-preset runs (<run>.yml, experiments/<run>/models): "
                              "score every path")
-    parser.add_argument("--psnr-runs", default="float=fp_seed0,body=default_seed0",
+    parser.add_argument("--psnr-runs",
+                        default="float=fp_8000_seed1,shipped=bbcu_full_8000_seed1,body=default_8000_seed1",
                         help="which trained run stands for which rows (float, body, upsampler; other names: "
                              "scored for the PSNR table only, e.g. bbcu=bbcu_a_seed0)")
     parser.add_argument("--redraw", type=Path, default=None, help="a results.json: write its table and plots again")
