@@ -192,3 +192,27 @@ def test_bsr_engine_says_what_runs():
     assert res.returncode == 0 and res.stdout.startswith("packed engine")
     if kernels.available():
         assert kernels.isa() in res.stdout and "instruction sets on this CPU" in res.stdout
+
+
+def test_shipped_recipe_runs_on_the_engine(tmp_path):
+    """The network options/edsr_bin.yml trains (BBCU unit: identity per binary conv, aligned,
+    RSign, RPReLU) keeps its options in the packed file and runs on the engine as simulated."""
+    needs_basicsr()
+    from bsr_plugin.integrations.basicsr.archs import SHIPPED_UNIT, EDSRBin
+
+    torch.manual_seed(0)
+    net = _as_if_trained(EDSRBin(num_feat=16, num_block=2, upscale=2, **SHIPPED_UNIT))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for _, layer in binary_layers(net):  # learned thresholds and RPReLUs away from their init
+            for p in (layer.threshold, layer.act_shift_in, layer.act_slope, layer.act_shift_out):
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    export_packed(net, tmp_path / "shipped.bsrpack")
+    engine, sim = (load_packed(tmp_path / "shipped.bsrpack", engine=e) for e in ("packed", "float"))
+    assert engine.bsr_engine.startswith("packed engine")
+    assert all(layer.options.rsign and layer.options.rprelu and layer.options.align == 0.1
+               for _, layer in binary_layers(sim))
+    x = torch.rand(1, 3, 10, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(engine(x), net(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(sim(x), net(x), rtol=1e-5, atol=1e-5)

@@ -30,6 +30,11 @@ from ...errors import ConfigError
 from .shims import import_basicsr
 
 BLOCKS = ("residual", "bbcu")
+# The recipe options/edsr_bin.yml and msrresnet_bin.yml ship (round 3, benchmarks/README.md):
+# BBCU's unit, each binary branch aligned to 0.1x its input, RSign and RPReLU. The backbones'
+# own defaults stay round 2's (``block: residual``) so option files and checkpoints written
+# before it still build the network they were trained as.
+SHIPPED_UNIT: dict[str, Any] = {"block": "bbcu", "binarize": {"align": 0.1, "rsign": True, "rprelu": True}}
 
 
 def float_arch_registry():
@@ -148,7 +153,7 @@ def EDSRBin(num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_blo
             input normalisation.
         block: ``residual`` (EDSR's block: its skip kept, no shortcut added inside) or ``bbcu``
             (each binarized conv with its own real identity shortcut, the block's skip and ReLU
-            removed: :class:`ShortcutUnitBlock`).
+            removed: :class:`ShortcutUnitBlock`; the shipped recipe, :data:`SHIPPED_UNIT`).
         binarize: the binarize config as a dict.
     """
     arch = dict(type="EDSR", num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat, num_block=num_block,

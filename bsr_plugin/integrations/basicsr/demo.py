@@ -23,6 +23,7 @@ import yaml
 
 from ...errors import CLIError
 from ...fileio import write_bytes_atomic
+from .archs import SHIPPED_UNIT
 
 TRAIN_IMAGES = ("astronaut.png", "rocket.jpg", "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png",
                 "retina.jpg", "brick.png", "grass.png", "gravel.png", "camera.png", "moon.png", "phantom.png")
@@ -83,7 +84,7 @@ def demo_options(data: Path, scale: int, iters: int, name: str) -> dict:
                       "pin_memory": False},
             "val": {"name": "skimage_val", "type": "BicubicPairDataset", "dataroot_gt": str(data / "val")},
         },
-        "network_g": {"type": "EDSRBin", "num_feat": 32, "num_block": 4, "upscale": scale},
+        "network_g": {"type": "EDSRBin", "num_feat": 32, "num_block": 4, "upscale": scale, **SHIPPED_UNIT},
         "path": {"pretrain_network_g": None, "strict_load_g": True, "resume_state": None},
         "train": {
             "ema_decay": 0, "optim_g": {"type": "Adam", "lr": 1e-3, "weight_decay": 0, "betas": [0.9, 0.99]},
