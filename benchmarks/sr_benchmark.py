@@ -136,6 +136,13 @@ VARIANTS.update(CANDIDATES)
 for _name, _base in CANDIDATES.items():
     for _suffix, (_change, _label) in INGREDIENTS.items():
         VARIANTS[f"{_name}_{_suffix}"] = _with(_base, _change, _label)
+# ingredients that won alone at 8k, stacked (compared with the first of them alone)
+COMBOS: tuple[tuple[str, tuple[str, ...]], ...] = (("bbcu_full", ("l1", "lrdecay")),)
+for _name, _suffixes in COMBOS:
+    _variant = VARIANTS[_name]
+    for _suffix in _suffixes:
+        _variant = _with(_variant, *INGREDIENTS[_suffix])
+    VARIANTS["_".join((_name, *_suffixes))] = _variant
 
 DISTILL = {"output_weight": 1.0, "feature_weight": 0.1, "features": [r"re:body\.\d+"]}
 

@@ -142,12 +142,17 @@ def _val_of_scale_2(opt: dict, _: Path) -> None:
     val["filename_tmpl"] = "{}x2"
 
 
+def _small_net(num_feat: int = 8) -> torch.nn.Module:
+    """The network the small options build (the shipped unit, 2 blocks, x4), ``num_feat`` wide."""
+    from bsr_plugin.integrations.basicsr.archs import SHIPPED_UNIT, EDSRBin
+
+    return EDSRBin(num_feat=num_feat, num_block=2, upscale=4, **SHIPPED_UNIT)
+
+
 def _weights_in(folder: Path) -> Path:
     """EDSRBin weights of the small options' network at ``folder/net_g_4.pth``."""
-    from bsr_plugin.integrations.basicsr.archs import EDSRBin
-
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"params": EDSRBin(num_feat=8, num_block=2, upscale=4).state_dict()}, folder / "net_g_4.pth")
+    torch.save({"params": _small_net().state_dict()}, folder / "net_g_4.pth")
     return folder / "net_g_4.pth"
 
 
@@ -296,25 +301,20 @@ def test_train_preflight(case: str, root: Path, datasets_dir: Path, capsys: pyte
 @pytest.fixture
 def checkpoint(root: Path) -> Path:
     """Weights of the network of ``small_test_options`` (EDSRBin, 8 features, 2 blocks, x4)."""
-    from bsr_plugin.integrations.basicsr.archs import EDSRBin
-
     path = root / "net_g.pth"
-    torch.save({"params": EDSRBin(num_feat=8, num_block=2, upscale=4).state_dict()}, path)
+    torch.save({"params": _small_net().state_dict()}, path)
     return path
 
 
 def _wrong_weights(opt: dict, root: Path) -> None:
-    from bsr_plugin.integrations.basicsr.archs import EDSRBin
-
-    torch.save({"params": EDSRBin(num_feat=16, num_block=2, upscale=4).state_dict()}, root / "other.pth")
+    torch.save({"params": _small_net(num_feat=16).state_dict()}, root / "other.pth")
     opt["path"]["pretrain_network_g"] = str(root / "other.pth")
 
 
 def _packed_weights(opt: dict, root: Path) -> None:
     from bsr_plugin import export_packed
-    from bsr_plugin.integrations.basicsr.archs import EDSRBin
 
-    export_packed(EDSRBin(num_feat=8, num_block=2, upscale=4), root / "net.bsrpack")
+    export_packed(_small_net(), root / "net.bsrpack")
     opt["path"]["pretrain_network_g"] = str(root / "net.bsrpack")
 
 
