@@ -258,7 +258,7 @@ TRAIN_CASES: dict[str, tuple[Edit, str]] = {
                                    r"logger\.save_checkpoint_freq: 2\.5 must be a whole number"),
     "pixel_loss_weight_negative": (_set("train", "pixel_opt", "loss_weight", -1.0),
                                    r"train\.pixel_opt\.loss_weight: -1\.0 must be a number in \[0, 1e\+06\]"),
-    "pixel_loss_reduction_unknown": (_set("train", "pixel_opt", "reduction", "sum2"),
+    "pixel_loss_reduction_unknown": (_set("train", "pixel_opt", {"type": "CurriculumL1Loss", "reduction": "sum2"}),
                                      r"train\.pixel_opt: CurriculumL1Loss cannot be built with these options "
                                      r"\(ConfigError: CurriculumL1Loss: unsupported reduction 'sum2'"),
     "prior_a_not_finite": (_set("network_g", "binarize", "prior_a", float("nan")),

@@ -24,6 +24,7 @@ import yaml
 from ...errors import CLIError
 from ...fileio import write_bytes_atomic
 from .archs import SHIPPED_UNIT
+from .models import SHIPPED_TRAIN
 
 TRAIN_IMAGES = ("astronaut.png", "rocket.jpg", "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png",
                 "retina.jpg", "brick.png", "grass.png", "gravel.png", "camera.png", "moon.png", "phantom.png")
@@ -91,7 +92,7 @@ def demo_options(data: Path, scale: int, iters: int, name: str) -> dict:
             "scheduler": {"type": "CosineAnnealingRestartLR", "periods": [iters], "restart_weights": [1],
                           "eta_min": 1e-5},
             "total_iter": iters, "warmup_iter": -1,
-            "pixel_opt": {"type": "CurriculumL1Loss", "loss_weight": 1.0, "reduction": "mean"},
+            **SHIPPED_TRAIN,
         },
         "val": {"val_freq": val, "save_img": False,
                 "metrics": {"psnr": {"type": "calculate_psnr", "crop_border": scale, "test_y_channel": True},

@@ -63,6 +63,11 @@ from basicsr.utils import get_root_logger  # noqa: E402
 SCHEDULE_KEYS = ("act_from_iter", "weight_from_iter")
 ANNEAL_KEYS = ("start", "factor")
 LATENT_LR_KEYS = ("start",)
+SHIPPED_TRAIN: dict[str, Any] = {"pixel_opt": {"type": "L1Loss", "loss_weight": 1.0, "reduction": "mean"},
+                                 "latent_lr": {"start": 0.5}}
+"""The training ingredients of the shipped options (round 3's learning curves: plain L1 and the
+latent weights' lr decay won at 8k over the curriculum and a fixed lr); beside
+:data:`~bsr_plugin.integrations.basicsr.archs.SHIPPED_UNIT`."""
 
 
 def schedule_problems(schedule: Any, total_iter: Any) -> list[str]:
