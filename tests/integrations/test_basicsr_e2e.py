@@ -25,7 +25,7 @@ def test_train_resume_test(src, datasets_dir, tmp_path):
     log = read_logs(exp, "train_*.log")
     psnr = [float(v) for v in re.findall(r"# psnr: ([0-9.]+)", log)]
     assert psnr and all(0 < p < 60 for p in psnr)
-    assert "flip_ratio" in log and "curriculum_q" in log
+    assert "flip_ratio" in log and "branch_ratio" in log and "prior_edge" in log
 
     res = run_basicsr(["train", "-opt", str(yml), "--auto_resume", "--force_yml", "train:total_iter=6"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -276,7 +276,7 @@ def test_basicsr_preflight_builds_under_the_guard(case: str, root: Path, dataset
     opt = _train(root, datasets_dir, edit)
     if case == "network_g_loads_code":
         opt["model_type"] = "SRModel"
-        for key in ("binarize_schedule", "project_prior", "prior_anneal", "calibrate_scales"):
+        for key in ("binarize_schedule", "project_prior", "prior_anneal", "latent_lr", "calibrate_scales"):
             opt["train"].pop(key, None)
     write(opt, root / "train.yml")
     before = snapshot(root)
