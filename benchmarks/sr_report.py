@@ -358,7 +358,19 @@ def ladder_markdown(results: dict) -> str:
         lines += [f"## {budget:,} iterations", "", *_budget_table(results, by, sets, budget), ""]
     lines += _gap_table(results, ladder, sets)
     lines += _ladder_pairs(results, ladder, sets)
+    lines += _step_times(results)
     return "\n".join(lines) + "\n"
+
+
+def _step_times(results: dict) -> list[str]:
+    """Median training step of each timed variant against FP (``--timing``, idle machine)."""
+    times = results.get("step_time_s", {})
+    if not times.get("fp"):
+        return []
+    cells = ", ".join(f"{v} {t:.3f} s ({t / times['fp']:.2f}x)" for v, t in sorted(times.items(), key=lambda x: x[1]))
+    return ["", "## Training step time", "", "Median of round-robin steps on an otherwise idle machine "
+            f"(`--timing`), against full precision: {cells}. The train wall column above is not comparable "
+            "(runs shared the cores with other work)."]
 
 
 def _budget_table(results: dict, by: dict[str, list[dict]], sets: list[str], budget: int) -> list[str]:
